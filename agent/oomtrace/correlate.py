@@ -1,0 +1,320 @@
+"""Joining kernel records into kills: one per victim process.
+
+A kill starts with the record that names it (a signal_generate, a mark_victim, or
+the kprobe's oom_kill_process), gathers the victim's signal_deliver and exit
+records, and is released when the victim has exited or when ``exit_wait`` has
+passed. Records arrive in ring-buffer order, which is the order they were written.
+
+OOM contexts. One run of the OOM killer happens synchronously in the trigger task:
+SIGKILL to the victim, mark_victim, SIGKILL to processes sharing its mm, then the
+same for each memory.oom.group member. With the kprobe tier, the oom_kill_process
+record opens the context exactly. With tracepoints only, a context is the run of
+SI_KERNEL SIGKILLs and marks from one trigger thread with less than ``window_ns``
+between them, closed early when one of its victims exits (a new OOM in the same
+scope cannot choose a victim before the previous one is gone or reaped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from oomtrace.records import (
+    DeliverRecord,
+    ExitRecord,
+    MarkVictimRecord,
+    OomKillRecord,
+    Record,
+    SignalRecord,
+    Task,
+)
+from oomtrace.sigdefs import SI_KERNEL, SIGKILL
+
+DEFAULT_WINDOW_NS: Final = 50_000_000
+DEFAULT_EXIT_WAIT_NS: Final = 5_000_000_000
+
+
+@dataclass(slots=True)
+class OomContext:
+    """One invocation of the OOM killer."""
+
+    id: str
+    trigger: Task
+    first_ktime_ns: int
+    last_ktime_ns: int
+    kprobe: OomKillRecord | None = None
+    victims: int = 0
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class Kill:
+    """Everything the kernel told about one signalled or OOM-killed process."""
+
+    kind: str  # "oom_kill" | "signal"
+    ktime_ns: int
+    victim_tid: int
+    victim_comm: str
+    deadline_ns: int
+    signal: SignalRecord | None = None
+    mark: MarkVictimRecord | None = None
+    context: OomContext | None = None
+    group_kill: bool = False
+    deliver: DeliverRecord | None = None
+    exit: ExitRecord | None = None
+    # Set when the kill will never see a deliver record (not queued).
+    expects_deliver: bool = True
+    exit_timed_out: bool = False
+
+    @property
+    def victim(self) -> Task | None:
+        """The victim as seen in its own context, once it received the signal."""
+        if self.exit is not None:
+            return self.exit.victim
+        if self.deliver is not None:
+            return self.deliver.victim
+        return None
+
+    @property
+    def victim_tgid(self) -> int | None:
+        task = self.victim
+        if task is not None:
+            return task.tgid
+        if (
+            self.context
+            and self.context.kprobe
+            and self.context.kprobe.victim_tid == self.victim_tid
+        ):
+            return self.context.kprobe.victim_tgid
+        return None
+
+
+@dataclass(slots=True)
+class CorrelatorStats:
+    duplicates: int = 0
+    evicted: int = 0
+    unmatched_deliver: int = 0
+    unmatched_exit: int = 0
+
+
+@dataclass(slots=True)
+class Correlator:
+    window_ns: int = DEFAULT_WINDOW_NS
+    exit_wait_ns: int = DEFAULT_EXIT_WAIT_NS
+    max_pending: int = 65536
+    stats: CorrelatorStats = field(default_factory=CorrelatorStats)
+    # Kills waiting for their deliver/exit, keyed by (generate ktime, sender tgid):
+    # the kernel copies that pair into the deliver and exit records.
+    _by_signal: dict[tuple[int, int], Kill] = field(default_factory=dict)
+    # Every unreleased kill, in arrival order (dicts keep insertion order).
+    _pending: dict[int, Kill] = field(default_factory=dict)
+    # SI_KERNEL SIGKILLs not yet known to be OOM kills, by target tid.
+    _held: dict[int, Kill] = field(default_factory=dict)
+    _contexts: dict[int, OomContext] = field(default_factory=dict)
+
+    def feed(self, record: Record) -> list[Kill]:
+        """Takes one record; returns the kills it completed. Cgroup records are not kills."""
+        if isinstance(record, SignalRecord):
+            return self._on_signal(record)
+        if isinstance(record, MarkVictimRecord):
+            self._on_mark(record)
+            return []
+        if isinstance(record, OomKillRecord):
+            self._open_context(record.trigger, record.ktime_ns, kprobe=record)
+            return []
+        if isinstance(record, DeliverRecord):
+            return self._on_deliver(record)
+        if isinstance(record, ExitRecord):
+            return self._on_exit(record)
+        return []
+
+    def tick(self, now_ns: int) -> list[Kill]:
+        """Resolves held kernel SIGKILLs and releases kills past their deadline."""
+        done: list[Kill] = []
+        for tid, kill in list(self._held.items()):
+            if now_ns - kill.ktime_ns > self.window_ns:
+                del self._held[tid]
+                self._classify_held(kill)
+                if self._complete(kill):
+                    self._release(kill)
+                    done.append(kill)
+        expired = [
+            k for k in self._pending.values() if now_ns >= k.deadline_ns and not self._is_held(k)
+        ]
+        for kill in expired:
+            if kill.exit is None and (kill.expects_deliver or kill.kind == "oom_kill"):
+                kill.exit_timed_out = True
+            self._release(kill)
+        done.extend(expired)
+        for tid, ctx in list(self._contexts.items()):
+            if now_ns - ctx.last_ktime_ns > self.exit_wait_ns:
+                del self._contexts[tid]
+        return done
+
+    def drain(self) -> list[Kill]:
+        """Releases everything still pending, for shutdown."""
+        for kill in list(self._held.values()):
+            self._classify_held(kill)
+        self._held.clear()
+        done = list(self._pending.values())
+        for kill in done:
+            self._release(kill)
+        return done
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    # -- records ---------------------------------------------------------------
+
+    def _on_signal(self, rec: SignalRecord) -> list[Kill]:
+        ctx = self._live_context(rec.sender.tid, rec.ktime_ns)
+        is_kernel_kill = rec.sig == SIGKILL and rec.code == SI_KERNEL
+        if is_kernel_kill and ctx is not None and self._context_has_victim(ctx, rec.target_tid):
+            # The OOM killer re-sends SIGKILL to a victim it already killed
+            # (oom.group scan includes the chosen victim): not a new kill.
+            self.stats.duplicates += 1
+            ctx.last_ktime_ns = rec.ktime_ns
+            return []
+        kill = Kill(
+            kind="signal",
+            ktime_ns=rec.ktime_ns,
+            victim_tid=rec.target_tid,
+            victim_comm=rec.target_comm,
+            deadline_ns=rec.ktime_ns + self.exit_wait_ns,
+            signal=rec,
+            expects_deliver=rec.result == 0,
+        )
+        if not kill.expects_deliver:
+            kill.deadline_ns = rec.ktime_ns + self.window_ns
+        else:
+            self._by_signal[(rec.ktime_ns, rec.sender.tgid)] = kill
+        evicted = self._add(kill)
+        if is_kernel_kill:
+            # Either a victim (its mark_victim follows), a process sharing the
+            # victim's mm, or a kernel force_sig(): decided within the window.
+            self._held[rec.target_tid] = kill
+        return evicted
+
+    def _on_mark(self, rec: MarkVictimRecord) -> None:
+        ctx = self._live_context(rec.trigger.tid, rec.ktime_ns)
+        if ctx is None or (ctx.kprobe is None and ctx.victims > 0 and ctx.closed):
+            ctx = self._open_context(rec.trigger, rec.ktime_ns, kprobe=None)
+        group_member = ctx.victims > 0
+        ctx.last_ktime_ns = rec.ktime_ns
+        ctx.victims += 1
+        kill = self._held.pop(rec.victim_tid, None)
+        if kill is None:
+            # No SIGKILL first: task_will_free_mem() found the victim already
+            # exiting, or the signal record was lost. No deliver will follow.
+            kill = Kill(
+                kind="oom_kill",
+                ktime_ns=rec.ktime_ns,
+                victim_tid=rec.victim_tid,
+                victim_comm=rec.victim_comm or "",
+                deadline_ns=rec.ktime_ns + self.exit_wait_ns,
+                expects_deliver=False,
+            )
+            self._add(kill)
+        kill.kind = "oom_kill"
+        kill.mark = rec
+        kill.context = ctx
+        kill.group_kill = group_member
+        if rec.victim_comm:
+            kill.victim_comm = rec.victim_comm
+
+    def _on_deliver(self, rec: DeliverRecord) -> list[Kill]:
+        kill = self._by_signal.get((rec.kill_ktime_ns, rec.kill_sender_tgid))
+        if kill is None:
+            self.stats.unmatched_deliver += 1
+            return []
+        kill.deliver = rec
+        # A fatal signal turns into SIGKILL for every thread of the group; any
+        # other delivered signal (handled, stop) does not end the process.
+        if rec.sig != SIGKILL and kill.kind == "signal":
+            del self._by_signal[(rec.kill_ktime_ns, rec.kill_sender_tgid)]
+            if not self._is_held(kill):
+                self._release(kill)
+                return [kill]
+        return []
+
+    def _on_exit(self, rec: ExitRecord) -> list[Kill]:
+        kill = self._by_signal.pop((rec.kill_ktime_ns, rec.kill_sender_tgid), None)
+        if kill is None:
+            self.stats.unmatched_exit += 1
+            return []
+        kill.exit = rec
+        if kill.context is not None:
+            kill.context.closed = True
+        if self._is_held(kill):
+            return []
+        self._release(kill)
+        return [kill]
+
+    # -- contexts --------------------------------------------------------------
+
+    def _open_context(
+        self, trigger: Task, ktime_ns: int, *, kprobe: OomKillRecord | None
+    ) -> OomContext:
+        ctx = OomContext(
+            id=f"{trigger.tgid}-{ktime_ns}",
+            trigger=trigger,
+            first_ktime_ns=ktime_ns,
+            last_ktime_ns=ktime_ns,
+            kprobe=kprobe,
+        )
+        self._contexts[trigger.tid] = ctx
+        return ctx
+
+    def _live_context(self, trigger_tid: int, ktime_ns: int) -> OomContext | None:
+        ctx = self._contexts.get(trigger_tid)
+        if ctx is None or ktime_ns - ctx.last_ktime_ns > self.window_ns:
+            return None
+        return ctx
+
+    def _context_has_victim(self, ctx: OomContext, tid: int) -> bool:
+        return any(k.context is ctx and k.victim_tid == tid for k in self._pending.values())
+
+    def _classify_held(self, kill: Kill) -> None:
+        if kill.kind == "oom_kill":
+            return
+        assert kill.signal is not None
+        ctx = self._contexts.get(kill.signal.sender.tid)
+        if (
+            ctx is not None
+            and ctx.victims > 0
+            and 0 <= kill.ktime_ns - ctx.last_ktime_ns <= self.window_ns
+        ):
+            # SIGKILL from the OOM killer to a process sharing the victim's mm.
+            kill.kind = "oom_kill"
+            kill.context = ctx
+            kill.group_kill = True
+            ctx.last_ktime_ns = kill.ktime_ns
+
+    @staticmethod
+    def _complete(kill: Kill) -> bool:
+        if kill.exit is not None:
+            return True
+        return kill.deliver is not None and kill.deliver.sig != SIGKILL and kill.kind == "signal"
+
+    def _is_held(self, kill: Kill) -> bool:
+        return self._held.get(kill.victim_tid) is kill
+
+    # -- bookkeeping -----------------------------------------------------------
+
+    def _add(self, kill: Kill) -> list[Kill]:
+        self._pending[id(kill)] = kill
+        evicted: list[Kill] = []
+        while len(self._pending) > self.max_pending:
+            oldest = next(iter(self._pending.values()))
+            self.stats.evicted += 1
+            self._held.pop(oldest.victim_tid, None)
+            self._release(oldest)
+            evicted.append(oldest)
+        return evicted
+
+    def _release(self, kill: Kill) -> None:
+        self._pending.pop(id(kill), None)
+        if kill.signal is not None:
+            key = (kill.signal.ktime_ns, kill.signal.sender.tgid)
+            if self._by_signal.get(key) is kill:
+                del self._by_signal[key]

@@ -1,0 +1,187 @@
+"""What the running kernel offers oomtrace: probed, never assumed.
+
+Everything here reads the kernel's own descriptions (tracefs format files, BTF,
+kallsyms, /lib/modules) so the loader can pick programs and #defines that compile
+and attach on this kernel, and say why a hook is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from oomtrace.btf import Btf, BtfError
+
+TRACEFS_CANDIDATES: Final = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+BTF_VMLINUX: Final = Path("/sys/kernel/btf/vmlinux")
+
+# task_struct walk of common.bpf.h: macro name -> (struct, member path).
+TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
+    "OFF_TASK_TGID": ("task_struct", "tgid"),
+    "OFF_TASK_COMM": ("task_struct", "comm"),
+    "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
+    "OFF_TASK_GROUP_LEADER": ("task_struct", "group_leader"),
+    "OFF_TASK_START_BOOTTIME": ("task_struct", "start_boottime"),
+    "OFF_TASK_SIGNAL": ("task_struct", "signal"),
+    "OFF_TASK_CGROUPS": ("task_struct", "cgroups"),
+    "OFF_TASK_EXIT_CODE": ("task_struct", "exit_code"),
+    "OFF_SIGNAL_OOM_SCORE_ADJ": ("signal_struct", "oom_score_adj"),
+    "OFF_CSS_SET_SUBSYS": ("css_set", "subsys"),
+    "OFF_CSS_CGROUP": ("cgroup_subsys_state", "cgroup"),
+    "OFF_CGROUP_KN": ("cgroup", "kn"),
+    "OFF_KERNFS_NODE_ID": ("kernfs_node", "id"),
+}
+
+
+class TracefsError(RuntimeError):
+    """tracefs is neither mounted nor mountable."""
+
+
+def find_tracefs(*, mount: bool) -> Path:
+    """Returns the tracefs directory, mounting it at /sys/kernel/tracing if asked."""
+    for candidate in TRACEFS_CANDIDATES:
+        if (candidate / "events").is_dir():
+            return candidate
+    target = TRACEFS_CANDIDATES[0]
+    if mount:
+        result = subprocess.run(
+            ["mount", "-t", "tracefs", "nodev", str(target)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode == 0 and (target / "events").is_dir():
+            return target
+        reason = result.stderr.strip() or f"exit {result.returncode}"
+        raise TracefsError(
+            f"tracefs is not mounted and mounting it failed ({reason}); "
+            f"mount it with: mount -t tracefs nodev {target}"
+        )
+    raise TracefsError(f"tracefs is not mounted; mount it with: mount -t tracefs nodev {target}")
+
+
+@dataclass(frozen=True, slots=True)
+class TracepointFormat:
+    fields: frozenset[str]
+
+
+def read_tracepoint_format(tracefs: Path, category: str, event: str) -> TracepointFormat | None:
+    """The field names of a tracepoint, or None when the kernel lacks it."""
+    try:
+        text = (tracefs / "events" / category / event / "format").read_text()
+    except OSError:
+        return None
+    names: set[str] = set()
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
+        if not line.startswith("field:"):
+            continue
+        decl = line[len("field:") :].split(";", 1)[0]
+        name = decl.split()[-1].split("[", 1)[0]
+        names.add(name)
+    return TracepointFormat(fields=frozenset(names))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOffsets:
+    """Byte offsets for the BPF task_struct walk, learnt from BTF."""
+
+    values: dict[str, int]
+
+    def defines(self) -> dict[str, str]:
+        return {name: str(value) for name, value in self.values.items()} | {
+            "OOMTRACE_HAVE_TASK_OFFSETS": "1"
+        }
+
+
+def task_offsets(btf: Btf) -> TaskOffsets:
+    values = {
+        name: btf.offset_of(struct, member) for name, (struct, member) in TASK_OFFSETS.items()
+    }
+    values["MEMORY_CGRP_ID"] = btf.enum_value("cgroup_subsys_id", "memory_cgrp_id")
+    return TaskOffsets(values=values)
+
+
+def kernel_headers_dir(release: str | None = None) -> Path | None:
+    """The running kernel's header tree, which bcc finds by itself when it exists."""
+    build = Path("/lib/modules") / (release or platform.release()) / "build"
+    return build if build.is_dir() else None
+
+
+def has_kprobes(tracefs: Path) -> bool:
+    return (tracefs / "kprobe_events").exists()
+
+
+def kallsyms_has(symbol: str) -> bool:
+    """True when the kernel exports `symbol` (or a compiler clone such as symbol.cold)."""
+    try:
+        with open("/proc/kallsyms", encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and (parts[2] == symbol or parts[2].startswith(symbol + ".")):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+@dataclass(slots=True)
+class KernelFeatures:
+    """A snapshot of the probed kernel facts the loader decides on."""
+
+    release: str
+    tracefs: Path
+    tracepoints: dict[str, TracepointFormat | None]
+    headers: Path | None
+    offsets: TaskOffsets | None
+    offsets_error: str | None
+    kprobes: bool
+    notes: list[str] = field(default_factory=list)
+
+    def has_tracepoint(self, name: str) -> bool:
+        return self.tracepoints.get(name) is not None
+
+    def tracepoint_has_field(self, name: str, field_name: str) -> bool:
+        fmt = self.tracepoints.get(name)
+        return fmt is not None and field_name in fmt.fields
+
+
+TRACEPOINTS: Final = (
+    "signal:signal_generate",
+    "signal:signal_deliver",
+    "sched:sched_process_exit",
+    "oom:mark_victim",
+    "cgroup:cgroup_mkdir",
+)
+
+
+def probe_kernel(tracefs: Path, *, btf_path: Path = BTF_VMLINUX) -> KernelFeatures:
+    tracepoints = {
+        name: read_tracepoint_format(tracefs, *name.split(":", 1)) for name in TRACEPOINTS
+    }
+    offsets: TaskOffsets | None = None
+    offsets_error: str | None = None
+    if btf_path.exists():
+        try:
+            offsets = task_offsets(Btf.load(btf_path))
+        except (BtfError, OSError) as exc:
+            offsets_error = f"BTF unusable: {exc}"
+    else:
+        offsets_error = f"no BTF at {btf_path}"
+    return KernelFeatures(
+        release=platform.release(),
+        tracefs=tracefs,
+        tracepoints=tracepoints,
+        headers=kernel_headers_dir(),
+        offsets=offsets,
+        offsets_error=offsets_error,
+        kprobes=has_kprobes(tracefs),
+    )
+
+
+def page_size() -> int:
+    return os.sysconf("SC_PAGE_SIZE")

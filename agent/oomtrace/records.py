@@ -1,0 +1,413 @@
+"""Decoding of raw ring-buffer records into typed, immutable Python objects.
+
+The ctypes classes below mirror ``bpf/oomtrace.h`` field for field; the root test
+``tests/kernel/test_alignment.py`` compares them with the layout bcc derives from
+the header, so a change on one side without the other fails. Each record's
+context task is decoded into :class:`Task` under the role the record gives it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+COMM_LEN: Final = 16
+CGROUP_PATH_LEN: Final = 512
+
+REC_SIGNAL: Final = 1
+REC_MARK_VICTIM: Final = 2
+REC_DELIVER: Final = 3
+REC_EXIT: Final = 4
+REC_CGROUP_MKDIR: Final = 5
+REC_OOM_KILL: Final = 6
+REC_KINDS: Final = 8
+
+TASK_NO_OFFSETS: Final = 1
+TASK_READ_FAILED: Final = 2
+
+MARK_VICTIM_PID_ONLY: Final = 0
+MARK_VICTIM_FULL: Final = 1
+
+_u16, _u32, _s32 = ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int32
+_u64, _s64 = ctypes.c_uint64, ctypes.c_int64
+_comm = ctypes.c_char * COMM_LEN
+
+_Fields = list[tuple[str, type]]
+
+_HEADER: _Fields = [("kind", _u16), ("cpu", _u16), ("reserved", _u32), ("ktime_ns", _u64)]
+
+
+def _task(role: str) -> _Fields:
+    return [
+        (f"{role}_tid", _u32),
+        (f"{role}_tgid", _u32),
+        (f"{role}_ppid", _u32),
+        (f"{role}_uid", _u32),
+        (f"{role}_start_ns", _u64),
+        (f"{role}_cgroup_id", _u64),
+        (f"{role}_memcg_id", _u64),
+        (f"{role}_oom_score_adj", _s32),
+        (f"{role}_flags", _u32),
+        (f"{role}_comm", _comm),
+        (f"{role}_parent_comm", _comm),
+    ]
+
+
+class RawSignal(ctypes.Structure):
+    _fields_ = [
+        *_HEADER,
+        *_task("sender"),
+        ("target_tid", _u32),
+        ("sig", _s32),
+        ("errno_value", _s32),
+        ("code", _s32),
+        ("group", _s32),
+        ("result", _s32),
+        ("target_comm", _comm),
+    ]
+
+
+class RawMarkVictim(ctypes.Structure):
+    _fields_ = [
+        *_HEADER,
+        *_task("trigger"),
+        ("victim_tid", _u32),
+        ("victim_uid", _u32),
+        ("victim_total_vm_kb", _u64),
+        ("victim_anon_rss_kb", _u64),
+        ("victim_file_rss_kb", _u64),
+        ("victim_shmem_rss_kb", _u64),
+        ("victim_pgtables_kb", _u64),
+        ("victim_oom_score_adj", _s32),
+        ("mark_victim_layout", _u32),
+        ("victim_comm", _comm),
+    ]
+
+
+_KILL_LINK: _Fields = [("kill_ktime_ns", _u64), ("kill_sender_tgid", _u32), ("kill_sig", _s32)]
+
+
+class RawDeliver(ctypes.Structure):
+    _fields_ = [
+        *_HEADER,
+        *_task("victim"),
+        *_KILL_LINK,
+        ("sig", _s32),
+        ("code", _s32),
+        ("sa_handler", _u64),
+    ]
+
+
+class RawExit(ctypes.Structure):
+    _fields_ = [
+        *_HEADER,
+        *_task("victim"),
+        *_KILL_LINK,
+        ("exit_code", _s32),
+        ("group_dead", _u32),
+    ]
+
+
+class RawCgroup(ctypes.Structure):
+    _fields_ = [
+        *_HEADER,
+        ("hierarchy", _s32),
+        ("level", _s32),
+        ("cgroup_id", _u64),
+        ("path", ctypes.c_char * CGROUP_PATH_LEN),
+    ]
+
+
+class RawOomKill(ctypes.Structure):
+    _fields_ = [
+        *_HEADER,
+        *_task("trigger"),
+        ("victim_tid", _u32),
+        ("victim_tgid", _u32),
+        ("oom_memcg_id", _u64),
+        ("totalpages", _u64),
+        ("chosen_points", _s64),
+        ("gfp_mask", _u32),
+        ("order", _s32),
+        ("constraint", _u32),
+        ("pad0", _u32),
+        ("oom_memcg_usage_pages", _u64),
+        ("victim_comm", _comm),
+    ]
+
+
+# C struct name in bpf/oomtrace.h -> mirror, for the alignment test.
+MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
+    "oomtrace_signal_rec": RawSignal,
+    "oomtrace_mark_victim_rec": RawMarkVictim,
+    "oomtrace_deliver_rec": RawDeliver,
+    "oomtrace_exit_rec": RawExit,
+    "oomtrace_cgroup_rec": RawCgroup,
+    "oomtrace_oom_kill_rec": RawOomKill,
+}
+
+
+class DecodeError(ValueError):
+    """A record that is too short or of an unknown kind."""
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task as the kernel saw it when a record was written."""
+
+    tid: int
+    tgid: int
+    ppid: int
+    uid: int
+    start_ns: int
+    cgroup_id: int
+    memcg_id: int
+    oom_score_adj: int
+    flags: int
+    comm: str
+    parent_comm: str
+
+    @property
+    def has_struct_fields(self) -> bool:
+        """True when ppid, start time, memcg and oom_score_adj were read in the kernel."""
+        return not self.flags & (TASK_NO_OFFSETS | TASK_READ_FAILED)
+
+    @classmethod
+    def from_raw(cls, raw: ctypes.Structure, role: str) -> Task:
+        def get(name: str) -> Any:
+            return getattr(raw, f"{role}_{name}")
+
+        return cls(
+            tid=int(get("tid")),
+            tgid=int(get("tgid")),
+            ppid=int(get("ppid")),
+            uid=int(get("uid")),
+            start_ns=int(get("start_ns")),
+            cgroup_id=int(get("cgroup_id")),
+            memcg_id=int(get("memcg_id")),
+            oom_score_adj=int(get("oom_score_adj")),
+            flags=int(get("flags")),
+            comm=_text(get("comm")),
+            parent_comm=_text(get("parent_comm")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRecord:
+    ktime_ns: int
+    cpu: int
+    sender: Task
+    target_tid: int
+    target_comm: str
+    sig: int
+    errno: int
+    code: int
+    group: bool
+    result: int
+
+
+@dataclass(frozen=True, slots=True)
+class VictimMemory:
+    """mark_victim's view of the victim's memory, in kB as the kernel reports it."""
+
+    total_vm_kb: int
+    anon_rss_kb: int
+    file_rss_kb: int
+    shmem_rss_kb: int
+    pgtables_kb: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarkVictimRecord:
+    ktime_ns: int
+    cpu: int
+    trigger: Task
+    victim_tid: int
+    # None when the kernel's tracepoint has the old, pid-only layout.
+    victim_comm: str | None
+    victim_uid: int | None
+    victim_oom_score_adj: int | None
+    victim_memory: VictimMemory | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverRecord:
+    ktime_ns: int
+    cpu: int
+    victim: Task
+    kill_ktime_ns: int
+    kill_sender_tgid: int
+    kill_sig: int
+    sig: int
+    code: int
+    sa_handler: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExitRecord:
+    ktime_ns: int
+    cpu: int
+    victim: Task
+    kill_ktime_ns: int
+    kill_sender_tgid: int
+    kill_sig: int
+    exit_code: int
+    group_dead: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupRecord:
+    ktime_ns: int
+    cpu: int
+    hierarchy: int
+    level: int
+    cgroup_id: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class OomKillRecord:
+    ktime_ns: int
+    cpu: int
+    trigger: Task
+    victim_tid: int
+    victim_tgid: int
+    victim_comm: str
+    oom_memcg_id: int
+    totalpages: int
+    chosen_points: int
+    gfp_mask: int
+    order: int
+    constraint: int
+    oom_memcg_usage_pages: int
+
+
+Record = SignalRecord | MarkVictimRecord | DeliverRecord | ExitRecord | CgroupRecord | OomKillRecord
+
+
+def _signal(r: RawSignal) -> SignalRecord:
+    return SignalRecord(
+        ktime_ns=r.ktime_ns,
+        cpu=r.cpu,
+        sender=Task.from_raw(r, "sender"),
+        target_tid=r.target_tid,
+        target_comm=_text(r.target_comm),
+        sig=r.sig,
+        errno=r.errno_value,
+        code=r.code,
+        group=bool(r.group),
+        result=r.result,
+    )
+
+
+def _mark_victim(r: RawMarkVictim) -> MarkVictimRecord:
+    full = r.mark_victim_layout == MARK_VICTIM_FULL
+    return MarkVictimRecord(
+        ktime_ns=r.ktime_ns,
+        cpu=r.cpu,
+        trigger=Task.from_raw(r, "trigger"),
+        victim_tid=r.victim_tid,
+        victim_comm=_text(r.victim_comm) if full else None,
+        victim_uid=r.victim_uid if full else None,
+        victim_oom_score_adj=r.victim_oom_score_adj if full else None,
+        victim_memory=VictimMemory(
+            total_vm_kb=r.victim_total_vm_kb,
+            anon_rss_kb=r.victim_anon_rss_kb,
+            file_rss_kb=r.victim_file_rss_kb,
+            shmem_rss_kb=r.victim_shmem_rss_kb,
+            pgtables_kb=r.victim_pgtables_kb,
+        )
+        if full
+        else None,
+    )
+
+
+def _deliver(r: RawDeliver) -> DeliverRecord:
+    return DeliverRecord(
+        ktime_ns=r.ktime_ns,
+        cpu=r.cpu,
+        victim=Task.from_raw(r, "victim"),
+        kill_ktime_ns=r.kill_ktime_ns,
+        kill_sender_tgid=r.kill_sender_tgid,
+        kill_sig=r.kill_sig,
+        sig=r.sig,
+        code=r.code,
+        sa_handler=r.sa_handler,
+    )
+
+
+def _exit(r: RawExit) -> ExitRecord:
+    return ExitRecord(
+        ktime_ns=r.ktime_ns,
+        cpu=r.cpu,
+        victim=Task.from_raw(r, "victim"),
+        kill_ktime_ns=r.kill_ktime_ns,
+        kill_sender_tgid=r.kill_sender_tgid,
+        kill_sig=r.kill_sig,
+        exit_code=r.exit_code,
+        group_dead=bool(r.group_dead),
+    )
+
+
+def _cgroup(r: RawCgroup) -> CgroupRecord:
+    return CgroupRecord(
+        ktime_ns=r.ktime_ns,
+        cpu=r.cpu,
+        hierarchy=r.hierarchy,
+        level=r.level,
+        cgroup_id=r.cgroup_id,
+        path=_text(r.path) or "/",
+    )
+
+
+def _oom_kill(r: RawOomKill) -> OomKillRecord:
+    return OomKillRecord(
+        ktime_ns=r.ktime_ns,
+        cpu=r.cpu,
+        trigger=Task.from_raw(r, "trigger"),
+        victim_tid=r.victim_tid,
+        victim_tgid=r.victim_tgid,
+        victim_comm=_text(r.victim_comm),
+        oom_memcg_id=r.oom_memcg_id,
+        totalpages=r.totalpages,
+        chosen_points=r.chosen_points,
+        gfp_mask=r.gfp_mask,
+        order=r.order,
+        constraint=r.constraint,
+        oom_memcg_usage_pages=r.oom_memcg_usage_pages,
+    )
+
+
+_DECODERS: Final[dict[int, tuple[type[ctypes.Structure], Callable[[Any], Record]]]] = {
+    REC_SIGNAL: (RawSignal, _signal),
+    REC_MARK_VICTIM: (RawMarkVictim, _mark_victim),
+    REC_DELIVER: (RawDeliver, _deliver),
+    REC_EXIT: (RawExit, _exit),
+    REC_CGROUP_MKDIR: (RawCgroup, _cgroup),
+    REC_OOM_KILL: (RawOomKill, _oom_kill),
+}
+
+
+class RecordDecoder:
+    """Turns the bytes of one ring-buffer record into a Record."""
+
+    def decode(self, data: bytes) -> Record:
+        if len(data) < 2:
+            raise DecodeError(f"record of {len(data)} bytes has no kind")
+        kind = int.from_bytes(data[:2], "little")
+        entry = _DECODERS.get(kind)
+        if entry is None:
+            raise DecodeError(f"unknown record kind {kind}")
+        raw_cls, build = entry
+        if len(data) < ctypes.sizeof(raw_cls):
+            raise DecodeError(
+                f"record kind {kind} has {len(data)} bytes, expected {ctypes.sizeof(raw_cls)}"
+            )
+        raw = raw_cls.from_buffer_copy(data)
+        return build(raw)

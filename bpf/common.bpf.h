@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Maps and helpers shared by every oomtrace BPF program. The loader
+ * (agent/oomtrace/probes.py) assembles one compilation unit from
+ * oomtrace.h, this file and the program files of the chosen tier, after
+ * the #defines it computed for the running kernel:
+ *   OOMTRACE_RINGBUF_PAGES      size of the ring buffer (a power of two)
+ *   OOMTRACE_HAVE_TASK_OFFSETS  set when the kernel's BTF gave the
+ *                               OFF_* / MEMORY_CGRP_ID values used below
+ *
+ * Kernel facts relied on:
+ *  - BPF ring buffer (v5.8): one buffer for all CPUs keeps records in the
+ *    order they were reserved, which the userspace correlator depends on
+ *    (a kill's signal_generate comes before its mark_victim and exit).
+ *  - bpf_probe_read_kernel (v5.5) and bpf_get_current_cgroup_id (v4.18).
+ * Without BTF offsets the task fields that need a task_struct walk are left
+ * zero and flagged OOMTRACE_TASK_NO_OFFSETS; userspace then reads them from
+ * /proc while the process is alive.
+ */
+
+/* Real kernel headers define it in linux/compiler.h; the stub tree does not. */
+#ifndef __always_inline
+#define __always_inline inline __attribute__((always_inline))
+#endif
+
+BPF_RINGBUF_OUTPUT(events, OOMTRACE_RINGBUF_PAGES);
+
+/* Records the ring buffer had no room for, per kind: reported as `lost`. */
+BPF_PERCPU_ARRAY(lost_records, u64, OOMTRACE_REC_KINDS);
+
+static __always_inline void *oomtrace_reserve(u32 size, u16 kind)
+{
+	struct {
+		OOMTRACE_HEADER_FIELDS
+	} *hdr = events.ringbuf_reserve(size);
+	if (!hdr) {
+		u32 idx = kind;
+		u64 *lost = lost_records.lookup(&idx);
+		if (lost)
+			(*lost)++;
+		return 0;
+	}
+	hdr->kind = kind;
+	hdr->cpu = bpf_get_smp_processor_id();
+	hdr->reserved = 0;
+	hdr->ktime_ns = bpf_ktime_get_ns();
+	return hdr;
+}
+
+/* The current task, as a role-neutral view copied into a record's fields. */
+struct oomtrace_task_view {
+	u32 tid;
+	u32 tgid;
+	u32 ppid;
+	u32 uid;
+	u64 start_ns;
+	u64 cgroup_id;
+	u64 memcg_id;
+	s32 oom_score_adj;
+	u32 flags;
+	char comm[OOMTRACE_COMM_LEN];
+	char parent_comm[OOMTRACE_COMM_LEN];
+};
+
+#ifdef OOMTRACE_HAVE_TASK_OFFSETS
+static __always_inline void *oomtrace_read_ptr(const void *base, u32 off, u32 *failed)
+{
+	void *val = 0;
+	if (bpf_probe_read_kernel(&val, sizeof(val), (const char *)base + off) != 0)
+		*failed = 1;
+	return val;
+}
+
+/* Walks task_struct with offsets learnt from BTF: the tracepoint tier must
+ * run on kernels without headers, where bcc cannot see the struct. */
+static __always_inline void oomtrace_read_task_struct(const void *task, struct oomtrace_task_view *v)
+{
+	u32 failed = 0;
+	s16 adj = 0;
+
+	const void *leader = oomtrace_read_ptr(task, OFF_TASK_GROUP_LEADER, &failed);
+	if (leader && bpf_probe_read_kernel(&v->start_ns, sizeof(v->start_ns),
+					     (const char *)leader + OFF_TASK_START_BOOTTIME) != 0)
+		failed = 1;
+
+	const void *parent = oomtrace_read_ptr(task, OFF_TASK_REAL_PARENT, &failed);
+	if (parent) {
+		if (bpf_probe_read_kernel(&v->ppid, sizeof(v->ppid), (const char *)parent + OFF_TASK_TGID) != 0)
+			failed = 1;
+		bpf_probe_read_kernel_str(v->parent_comm, sizeof(v->parent_comm),
+					  (const char *)parent + OFF_TASK_COMM);
+	}
+
+	const void *sig = oomtrace_read_ptr(task, OFF_TASK_SIGNAL, &failed);
+	if (sig && bpf_probe_read_kernel(&adj, sizeof(adj), (const char *)sig + OFF_SIGNAL_OOM_SCORE_ADJ) != 0)
+		failed = 1;
+	v->oom_score_adj = adj;
+
+	/* task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id: the memcg's id,
+	 * which is also the inode number of its directory in the hierarchy
+	 * that mounts the memory controller (v1 or v2). */
+	const void *cset = oomtrace_read_ptr(task, OFF_TASK_CGROUPS, &failed);
+	if (cset) {
+		const void *css = oomtrace_read_ptr(cset, OFF_CSS_SET_SUBSYS + MEMORY_CGRP_ID * sizeof(void *), &failed);
+		const void *cgrp = css ? oomtrace_read_ptr(css, OFF_CSS_CGROUP, &failed) : 0;
+		const void *kn = cgrp ? oomtrace_read_ptr(cgrp, OFF_CGROUP_KN, &failed) : 0;
+		if (kn && bpf_probe_read_kernel(&v->memcg_id, sizeof(v->memcg_id), (const char *)kn + OFF_KERNFS_NODE_ID) != 0)
+			failed = 1;
+	}
+	if (failed)
+		v->flags |= OOMTRACE_TASK_READ_FAILED;
+}
+#endif
+
+static __always_inline void oomtrace_read_current(struct oomtrace_task_view *v)
+{
+	u64 pid_tgid = bpf_get_current_pid_tgid();
+	v->tid = (u32)pid_tgid;
+	v->tgid = pid_tgid >> 32;
+	v->uid = (u32)bpf_get_current_uid_gid();
+	v->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(v->comm, sizeof(v->comm));
+#ifdef OOMTRACE_HAVE_TASK_OFFSETS
+	oomtrace_read_task_struct((const void *)bpf_get_current_task(), v);
+#else
+	v->flags |= OOMTRACE_TASK_NO_OFFSETS;
+#endif
+}
+
+/* Copies a task view into the role-named fields of record `r`. */
+#define OOMTRACE_STORE_TASK(r, p, v)                                            \
+	do {                                                                        \
+		(r)->p##_tid = (v)->tid;                                                \
+		(r)->p##_tgid = (v)->tgid;                                              \
+		(r)->p##_ppid = (v)->ppid;                                              \
+		(r)->p##_uid = (v)->uid;                                                \
+		(r)->p##_start_ns = (v)->start_ns;                                      \
+		(r)->p##_cgroup_id = (v)->cgroup_id;                                    \
+		(r)->p##_memcg_id = (v)->memcg_id;                                      \
+		(r)->p##_oom_score_adj = (v)->oom_score_adj;                            \
+		(r)->p##_flags = (v)->flags;                                            \
+		__builtin_memcpy((r)->p##_comm, (v)->comm, OOMTRACE_COMM_LEN);          \
+		__builtin_memcpy((r)->p##_parent_comm, (v)->parent_comm, OOMTRACE_COMM_LEN); \
+	} while (0)

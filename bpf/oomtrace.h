@@ -1,0 +1,146 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Records that oomtrace's BPF programs write to the ring buffer.
+ *
+ * This header is the single definition shared by the kernel side and the
+ * userspace decoder (agent/oomtrace/records.py mirrors it, and a root test
+ * compares that mirror with the layout bcc builds from this file).
+ *
+ * Rules that keep the two sides in step:
+ *  - every record starts with OOMTRACE_HEADER_FIELDS, so userspace can read
+ *    `kind` before it knows the rest;
+ *  - fields are flat and fixed-width, with no nested structs: bcc's generated
+ *    ctypes classes (used by the alignment test) cannot express nesting;
+ *  - 64-bit fields sit on 8-byte boundaries, so no record has hidden padding.
+ */
+#ifndef OOMTRACE_H
+#define OOMTRACE_H
+
+#define OOMTRACE_COMM_LEN 16
+#define OOMTRACE_CGROUP_PATH_LEN 512
+
+/* Record kinds: the first field of every record. */
+#define OOMTRACE_REC_SIGNAL 1       /* signal:signal_generate, traced signal set */
+#define OOMTRACE_REC_MARK_VICTIM 2  /* oom:mark_victim */
+#define OOMTRACE_REC_DELIVER 3      /* signal:signal_deliver, in the victim */
+#define OOMTRACE_REC_EXIT 4         /* sched:sched_process_exit, of a signalled process */
+#define OOMTRACE_REC_CGROUP_MKDIR 5 /* cgroup:cgroup_mkdir */
+#define OOMTRACE_REC_OOM_KILL 6     /* kprobe oom_kill_process (kprobe tier) */
+#define OOMTRACE_REC_KINDS 8        /* size of the per-kind lost counter array */
+
+/* Bits of <role>_flags: which parts of a task could not be read. */
+#define OOMTRACE_TASK_NO_OFFSETS 1 /* no BTF offsets: only BPF helper fields are set */
+#define OOMTRACE_TASK_READ_FAILED 2
+
+/* Values of mark_victim_layout. */
+#define OOMTRACE_MARK_VICTIM_PID_ONLY 0 /* before v6.9 (and its stable backports) */
+#define OOMTRACE_MARK_VICTIM_FULL 1     /* comm, rss fields, uid, pgtables, oom_score_adj */
+
+#define OOMTRACE_HEADER_FIELDS \
+	__u16 kind;                \
+	__u16 cpu;                 \
+	__u32 reserved;            \
+	__u64 ktime_ns; /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+
+/*
+ * The task the program runs in, captured in the kernel because userspace can
+ * lose it to a race (the task exits, its pid is reused, its cgroup removed).
+ * `p` names its role in the record: sender, trigger or victim.
+ *   start_ns:   group leader's start_boottime; with tgid it keys a process,
+ *               since /proc/<pid>/stat's starttime is the same clock in ticks.
+ *   cgroup_id:  cgroup v2 (default hierarchy) id.
+ *   memcg_id:   id of the cgroup that holds the task's memory controller
+ *               state (v1 memory hierarchy or v2), i.e. where OOM applies.
+ */
+#define OOMTRACE_TASK_FIELDS(p)            \
+	__u32 p##_tid;                         \
+	__u32 p##_tgid;                        \
+	__u32 p##_ppid;                        \
+	__u32 p##_uid;                         \
+	__u64 p##_start_ns;                    \
+	__u64 p##_cgroup_id;                   \
+	__u64 p##_memcg_id;                    \
+	__s32 p##_oom_score_adj;               \
+	__u32 p##_flags;                       \
+	char p##_comm[OOMTRACE_COMM_LEN];      \
+	char p##_parent_comm[OOMTRACE_COMM_LEN];
+
+/* A traced signal was generated; the current task is the sender. */
+struct oomtrace_signal_rec {
+	OOMTRACE_HEADER_FIELDS
+	OOMTRACE_TASK_FIELDS(sender)
+	__u32 target_tid; /* the tracepoint's pid: a thread id */
+	__s32 sig;
+	__s32 errno_value;
+	__s32 code;  /* si_code: 0 SI_USER, 128 SI_KERNEL, -6 SI_TKILL, ... */
+	__s32 group; /* 1: sent to the whole thread group */
+	__s32 result; /* 0 delivered, 1 ignored, 2 already pending, 3/4 overflow */
+	char target_comm[OOMTRACE_COMM_LEN];
+};
+
+/* The OOM killer marked a victim; the current task is the trigger. */
+struct oomtrace_mark_victim_rec {
+	OOMTRACE_HEADER_FIELDS
+	OOMTRACE_TASK_FIELDS(trigger)
+	__u32 victim_tid; /* from find_lock_task_mm(): may be any thread */
+	__u32 victim_uid;
+	__u64 victim_total_vm_kb;
+	__u64 victim_anon_rss_kb;
+	__u64 victim_file_rss_kb;
+	__u64 victim_shmem_rss_kb;
+	__u64 victim_pgtables_kb;
+	__s32 victim_oom_score_adj;
+	__u32 mark_victim_layout;
+	char victim_comm[OOMTRACE_COMM_LEN];
+};
+
+/* A traced signal reached its target; the current task is the victim. */
+struct oomtrace_deliver_rec {
+	OOMTRACE_HEADER_FIELDS
+	OOMTRACE_TASK_FIELDS(victim)
+	__u64 kill_ktime_ns; /* when the matching signal was generated */
+	__u32 kill_sender_tgid;
+	__s32 kill_sig;
+	__s32 sig; /* SIGKILL for every thread of a dying group */
+	__s32 code;
+	__u64 sa_handler; /* 0 SIG_DFL, 1 SIG_IGN, else a handler */
+};
+
+/* A signalled process exited; the current task is the victim. */
+struct oomtrace_exit_rec {
+	OOMTRACE_HEADER_FIELDS
+	OOMTRACE_TASK_FIELDS(victim)
+	__u64 kill_ktime_ns;
+	__u32 kill_sender_tgid;
+	__s32 kill_sig;
+	__s32 exit_code; /* wait status: low 7 bits signal, bits 8-15 status */
+	__u32 group_dead;
+};
+
+/* A cgroup was created: keeps id -> path known after the cgroup is gone. */
+struct oomtrace_cgroup_rec {
+	OOMTRACE_HEADER_FIELDS
+	__s32 hierarchy; /* 0 for cgroup v2, else the v1 hierarchy id (/proc/cgroups) */
+	__s32 level;
+	__u64 cgroup_id;
+	char path[OOMTRACE_CGROUP_PATH_LEN];
+};
+
+/* Entry of oom_kill_process(); the current task is the trigger. */
+struct oomtrace_oom_kill_rec {
+	OOMTRACE_HEADER_FIELDS
+	OOMTRACE_TASK_FIELDS(trigger)
+	__u32 victim_tid;
+	__u32 victim_tgid;
+	__u64 oom_memcg_id; /* 0: not a memcg OOM */
+	__u64 totalpages;   /* the LIMIT in pages: memcg max, or RAM + swap */
+	__s64 chosen_points;
+	__u32 gfp_mask;
+	__s32 order; /* -1: sysrq */
+	__u32 constraint; /* enum oom_constraint */
+	__u32 pad0;
+	__u64 oom_memcg_usage_pages;
+	char victim_comm[OOMTRACE_COMM_LEN];
+};
+
+#endif /* OOMTRACE_H */
