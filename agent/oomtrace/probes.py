@@ -47,8 +47,12 @@ PROGRAMS: Final = (
         required=True,
         tier="tracepoint",
     ),
-    Program("oom_victim", "oom_victim.bpf.c", ("oom:mark_victim",), required=True, tier="tracepoint"),
-    Program("cgroups", "cgroups.bpf.c", ("cgroup:cgroup_mkdir",), required=False, tier="tracepoint"),
+    Program(
+        "oom_victim", "oom_victim.bpf.c", ("oom:mark_victim",), required=True, tier="tracepoint"
+    ),
+    Program(
+        "cgroups", "cgroups.bpf.c", ("cgroup:cgroup_mkdir",), required=False, tier="tracepoint"
+    ),
 )
 
 DEFAULT_RINGBUF_PAGES: Final = 1024

@@ -24,6 +24,15 @@ REC_CGROUP_MKDIR: Final = 5
 REC_OOM_KILL: Final = 6
 REC_KINDS: Final = 8
 
+KIND_NAMES: Final = {
+    REC_SIGNAL: "signal",
+    REC_MARK_VICTIM: "mark_victim",
+    REC_DELIVER: "deliver",
+    REC_EXIT: "exit",
+    REC_CGROUP_MKDIR: "cgroup_mkdir",
+    REC_OOM_KILL: "oom_kill",
+}
+
 TASK_NO_OFFSETS: Final = 1
 TASK_READ_FAILED: Final = 2
 

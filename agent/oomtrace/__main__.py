@@ -1,0 +1,5 @@
+"""`python -m oomtrace`."""
+
+from oomtrace.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,158 @@
+"""Reading what the kernel records do not carry, the moment a record arrives.
+
+A killed process, its parent chain and its memcg's counters are gone or changed
+within milliseconds, so /proc and the memcg files are read here, before the
+correlator waits for anything. Snapshots are cached under the kernel's process
+key (tgid, start time): a pid that was reused by another process never matches.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Final
+
+from oomtrace.enrich import memcg, procfs
+from oomtrace.enrich.cgroupfs import CgroupPaths
+from oomtrace.records import (
+    CgroupRecord,
+    MarkVictimRecord,
+    OomKillRecord,
+    Record,
+    SignalRecord,
+    Task,
+)
+
+ProcessKey = tuple[int, int]  # (tgid, start time in /proc ticks)
+
+MAX_SNAPSHOTS: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class MemcgCapture:
+    """Memcg counters read right after an OOM kill, for every memcg that could
+    be the one whose limit was hit: the trigger's own and its limited ancestors
+    (the failed charge was the trigger's), or the one the kprobe named."""
+
+    trigger_memcg: str | None
+    kprobe_memcg: str | None
+    stats: dict[str, dict[str, object]]  # path -> read_memcg()
+
+
+class Capture:
+    def __init__(self, paths: CgroupPaths, *, max_snapshots: int = MAX_SNAPSHOTS) -> None:
+        self.paths = paths
+        self._max = max_snapshots
+        self._snapshots: OrderedDict[ProcessKey, procfs.ProcSnapshot] = OrderedDict()
+        self._by_tid: OrderedDict[int, ProcessKey] = OrderedDict()
+        self.orphan_chains: OrderedDict[ProcessKey, tuple[procfs.Parent, ...]] = OrderedDict()
+        # Keyed by the mark_victim / oom_kill record's ktime.
+        self.memcg_by_ktime: OrderedDict[int, MemcgCapture] = OrderedDict()
+
+    def on_record(self, record: Record) -> None:
+        if isinstance(record, SignalRecord):
+            self.task(record.sender)
+            self.thread(record.target_tid, with_parents=True)
+        elif isinstance(record, MarkVictimRecord):
+            self.task(record.trigger)
+            self.thread(record.victim_tid, with_parents=True)
+            self._memcg(record.ktime_ns, record.trigger, None)
+        elif isinstance(record, OomKillRecord):
+            self.task(record.trigger)
+            self.thread(record.victim_tid, with_parents=True)
+            self._memcg(record.ktime_ns, record.trigger, record)
+        elif isinstance(record, CgroupRecord):
+            self.paths.learn(record.hierarchy, record.cgroup_id, record.path)
+
+    # -- processes -------------------------------------------------------------
+
+    def task(self, task: Task) -> procfs.ProcSnapshot | None:
+        """The snapshot of a task seen in the kernel, taken now if not cached."""
+        expect = procfs.kernel_start_to_ticks(task.start_ns) if task.start_ns else None
+        if expect is not None:
+            cached = self._snapshots.get((task.tgid, expect))
+            if cached is not None and cached.comm == task.comm:
+                return cached
+        snap = procfs.snapshot(task.tgid, expect_start_ticks=expect)
+        if snap is not None:
+            self._remember(task.tid, snap)
+        elif task.ppid and expect is not None:
+            # A short-lived sender (a script's kill) is gone already; its
+            # parent, named by the kernel, usually is not.
+            chain = procfs.parents(task.ppid) or (procfs.Parent(task.ppid, task.parent_comm),)
+            self.orphan_chains[(task.tgid, expect)] = chain
+            while len(self.orphan_chains) > self._max:
+                self.orphan_chains.popitem(last=False)
+        return snap
+
+    def chain(self, task: Task) -> tuple[procfs.Parent, ...] | None:
+        """The parent chain captured for a task that had exited before it was read."""
+        if not task.start_ns:
+            return None
+        return self.orphan_chains.get((task.tgid, procfs.kernel_start_to_ticks(task.start_ns)))
+
+    def thread(self, tid: int, *, with_parents: bool) -> procfs.ProcSnapshot | None:
+        """A snapshot of the process that owns thread `tid`, if it still exists."""
+        tgid = procfs.tgid_of(tid)
+        if tgid is None:
+            return None
+        snap = procfs.snapshot(tgid, with_parents=with_parents)
+        if snap is not None:
+            self._remember(tid, snap)
+        return snap
+
+    def lookup(
+        self, tid: int, tgid: int | None = None, start_ns: int = 0
+    ) -> procfs.ProcSnapshot | None:
+        """A snapshot taken earlier for this thread or process, checked against pid reuse."""
+        if tgid is not None and start_ns:
+            snap = self._snapshots.get((tgid, procfs.kernel_start_to_ticks(start_ns)))
+            if snap is not None:
+                return snap
+        key = self._by_tid.get(tid)
+        if key is None:
+            return None
+        if tgid is not None and start_ns and key != (tgid, procfs.kernel_start_to_ticks(start_ns)):
+            return None
+        return self._snapshots.get(key)
+
+    def _remember(self, tid: int, snap: procfs.ProcSnapshot) -> None:
+        key = (snap.tgid, snap.start_ticks)
+        self._snapshots[key] = snap
+        self._snapshots.move_to_end(key)
+        self._by_tid[tid] = key
+        self._by_tid.move_to_end(tid)
+        while len(self._snapshots) > self._max:
+            self._snapshots.popitem(last=False)
+        while len(self._by_tid) > self._max:
+            self._by_tid.popitem(last=False)
+
+    # -- memcg -----------------------------------------------------------------
+
+    def _memcg(self, ktime_ns: int, trigger: Task, kprobe: OomKillRecord | None) -> None:
+        hierarchy = self.paths.memory
+        if hierarchy is None:
+            return
+        trigger_memcg = self.paths.memcg_path(trigger.memcg_id) if trigger.memcg_id else None
+        if trigger_memcg is None:
+            snap = self.lookup(trigger.tid, trigger.tgid, trigger.start_ns)
+            trigger_memcg = snap.memory_cgroup if snap else None
+        kprobe_memcg = None
+        if kprobe is not None and kprobe.oom_memcg_id:
+            kprobe_memcg = self.paths.memcg_path(kprobe.oom_memcg_id)
+        stats: dict[str, dict[str, object]] = {}
+        if kprobe_memcg is not None:
+            candidates = [kprobe_memcg]
+        elif trigger_memcg is not None:
+            candidates = memcg.ancestry(trigger_memcg)
+        else:
+            candidates = []
+        for path in candidates:
+            stat = memcg.read_memcg(hierarchy, path)
+            if stat is not None and (kprobe_memcg is not None or stat.get("limit_bytes")):
+                stats[path] = stat
+        self.memcg_by_ktime[ktime_ns] = MemcgCapture(
+            trigger_memcg=trigger_memcg, kprobe_memcg=kprobe_memcg, stats=stats
+        )
+        while len(self.memcg_by_ktime) > self._max:
+            self.memcg_by_ktime.popitem(last=False)

@@ -1,0 +1,87 @@
+"""Start-up: check privileges and the kernel, load the probes, wire the sinks, run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from oomtrace import features, log, privileges
+from oomtrace.cli import fail
+from oomtrace.config import Settings
+from oomtrace.probes import LoadError, Probes, assemble, plan
+from oomtrace.service import Agent
+from oomtrace.sinks import Sink
+from oomtrace.sinks.file import FileSink
+from oomtrace.sinks.stream import StreamSink
+
+EXIT_FAILURE = 1
+
+
+def check_privileges() -> None:
+    caps = privileges.effective_caps()
+    missing = privileges.missing_for_bpf(caps, privileges.last_cap())
+    if missing:
+        fail(
+            f"missing capabilities {', '.join(missing)}: loading BPF tracing programs needs "
+            "them. Run as root (sudo oomtrace --follow) or grant them to the process."
+        )
+    lacking = privileges.missing_for_proc(caps)
+    if lacking:
+        log.get().warning(
+            "limited_proc_access",
+            missing=lacking,
+            effect="cmdline, tty and parents of other users' processes may be missing",
+        )
+
+
+def _probe() -> features.KernelFeatures:
+    try:
+        tracefs = features.find_tracefs(mount=os.geteuid() == 0)
+    except features.TracefsError as exc:
+        fail(str(exc))
+    return features.probe_kernel(tracefs)
+
+
+def print_ebpf(settings: Settings) -> int:
+    kernel = _probe()
+    try:
+        p = plan(kernel, ringbuf_pages=settings.ringbuf_pages)
+    except (LoadError, ValueError) as exc:
+        fail(str(exc))
+    sys.stdout.write(assemble(p))
+    return 0
+
+
+def _sinks(settings: Settings) -> list[Sink]:
+    fmt = settings.format
+    if fmt == "auto":
+        fmt = "text" if sys.stdout.isatty() else "json"
+    sinks: list[Sink] = [StreamSink(sys.stdout.buffer, fmt=fmt)]
+    for path in settings.outputs:
+        try:
+            sinks.append(FileSink(path))
+        except OSError as exc:
+            fail(f"output: cannot open {path}: {exc.strerror}")
+    return sinks
+
+
+def run(settings: Settings) -> int:
+    logger = log.get()
+    check_privileges()
+    kernel = _probe()
+    try:
+        p = plan(kernel, ringbuf_pages=settings.ringbuf_pages)
+        probes = Probes(p, settings.signals)
+    except LoadError as exc:
+        fail(str(exc))
+    for hook, reason in p.missing.items():
+        logger.warning("hook_unavailable", hook=hook, reason=reason)
+    agent = Agent(settings, probes, _sinks(settings))
+    signal.signal(signal.SIGINT, agent.request_stop)
+    signal.signal(signal.SIGTERM, agent.request_stop)
+    try:
+        return agent.run()
+    except Exception:
+        logger.exception("agent_failed")
+        return EXIT_FAILURE

@@ -1,0 +1,256 @@
+"""The agent's event loop: kernel -> decode -> capture -> correlate -> enrich -> sinks.
+
+Two threads. The reader only polls the ring buffer and enqueues raw records, so
+nothing slow ever stands between the kernel and its buffer. The pipeline thread
+(the main thread) does the rest. The queue between them is bounded; whatever it
+must drop is counted and reported as a ``lost`` event, like kernel-side drops.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Final
+
+from oomtrace import log
+from oomtrace.capture import Capture
+from oomtrace.config import Settings
+from oomtrace.correlate import Correlator, Kill
+from oomtrace.enrich.cgroupfs import CgroupPaths
+from oomtrace.events import Clock, Event, EventBuilder
+from oomtrace.probes import Probes
+from oomtrace.records import KIND_NAMES, DecodeError, RecordDecoder
+from oomtrace.sinks import Sink
+
+TICK_S: Final = 0.02
+POLL_MS: Final = 100
+LOST_CHECK_S: Final = 1.0
+CLOCK_RESYNC_S: Final = 60.0
+
+
+@dataclass(slots=True)
+class Counters:
+    records: int = 0
+    events: int = 0
+    filtered: int = 0
+    decode_errors: int = 0
+    queue_dropped: int = 0
+    kernel_lost: int = 0
+    pipeline_errors: int = 0
+
+
+class EventFilter:
+    """--pid / --cgroup: keep events that involve one of the given processes or cgroups."""
+
+    def __init__(self, pids: Iterable[int], cgroups: Iterable[str]) -> None:
+        self.pids = frozenset(pids)
+        self.cgroups = tuple(c.rstrip("/") or "/" for c in cgroups)
+
+    def __bool__(self) -> bool:
+        return bool(self.pids or self.cgroups)
+
+    def matches(self, event: Event) -> bool:
+        procs = [event.get(role) for role in ("victim", "sender", "trigger")]
+        for proc in procs:
+            if not proc:
+                continue
+            if proc.get("pid") in self.pids:
+                return True
+            path = proc.get("cgroup")
+            if path and any(self._under(path, c) for c in self.cgroups):
+                return True
+        return False
+
+    @staticmethod
+    def _under(path: str, prefix: str) -> bool:
+        return prefix in ("/", path) or path.startswith(prefix + "/")
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: Settings,
+        probes: Probes,
+        sinks: list[Sink],
+        *,
+        paths: CgroupPaths | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.probes = probes
+        self.sinks = sinks
+        self.log = log.get()
+        self.paths = paths or CgroupPaths()
+        self.capture = Capture(self.paths)
+        self.correlator = Correlator(exit_wait_ns=int(settings.exit_wait * 1e9))
+        self.clock = Clock()
+        self.builder = EventBuilder(self.capture, self.clock, probes.plan.tier)
+        self.filter = EventFilter(settings.pids, settings.cgroups)
+        self.decoder = RecordDecoder()
+        self.counters = Counters()
+        self.stop_event = threading.Event()
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=settings.queue_size)
+        self._reader = threading.Thread(target=self._read, name="ringbuf-reader", daemon=True)
+        self._on_ready = on_ready
+        self._lost_seen: dict[int, int] = {}
+        self._errors_logged: set[str] = set()
+
+    # -- threads ---------------------------------------------------------------
+
+    def _enqueue(self, raw: bytes) -> None:
+        try:
+            self._queue.put_nowait(raw)
+        except queue.Full:
+            self.counters.queue_dropped += 1
+
+    def _read(self) -> None:
+        while not self.stop_event.is_set():
+            self.probes.poll(POLL_MS)
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        if signum is not None:
+            self.log.info("stopping", signal=signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def run(self) -> int:
+        self.paths.warm()
+        self.probes.open(self._enqueue)
+        self._reader.start()
+        plan = self.probes.plan
+        self.log.info(
+            "ready",
+            tier=plan.tier,
+            hooks=plan.hooks,
+            missing=plan.missing,
+            kernel_headers="stub" if plan.kernel_source else "kernel",
+            signals=sorted(self.settings.signals),
+        )
+        if self._on_ready:
+            self._on_ready()
+        deadline = (
+            time.monotonic() + self.settings.duration
+            if self.settings.duration is not None
+            else None
+        )
+        next_lost = time.monotonic() + LOST_CHECK_S
+        next_resync = time.monotonic() + CLOCK_RESYNC_S
+        next_stats = time.monotonic() + self.settings.stats_interval
+        while not self.stop_event.is_set():
+            self._process_queue(timeout=TICK_S)
+            self._emit_kills(self.correlator.tick(time.monotonic_ns()))
+            now = time.monotonic()
+            if now >= next_lost:
+                self._check_lost()
+                next_lost = now + LOST_CHECK_S
+            if now >= next_resync:
+                self.clock.resync()
+                next_resync = now + CLOCK_RESYNC_S
+            if now >= next_stats:
+                self._log_stats("stats")
+                next_stats = now + self.settings.stats_interval
+            if deadline is not None and now >= deadline:
+                break
+            if self.settings.count is not None and self.counters.events >= self.settings.count:
+                break
+        self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        self.stop_event.set()
+        self._reader.join(timeout=2 * POLL_MS / 1000 + 1)
+        self._process_queue(timeout=0)
+        self._emit_kills(self.correlator.drain())
+        self._check_lost()
+        self._log_stats("stopped")
+        for sink in self.sinks:
+            sink.close()
+        self.probes.close()
+
+    # -- pipeline --------------------------------------------------------------
+
+    def _process_queue(self, timeout: float) -> None:
+        try:
+            raw = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._process(raw)
+            try:
+                raw = self._queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _process(self, raw: bytes) -> None:
+        self.counters.records += 1
+        try:
+            record = self.decoder.decode(raw)
+        except DecodeError as exc:
+            self.counters.decode_errors += 1
+            self.log.warning("bad_record", error=str(exc))
+            return
+        try:
+            self.capture.on_record(record)
+            self._emit_kills(self.correlator.feed(record))
+        except Exception as exc:
+            # One bad record must not stop the agent; say so once per kind of failure.
+            self.counters.pipeline_errors += 1
+            key = type(exc).__name__
+            if key not in self._errors_logged:
+                self._errors_logged.add(key)
+                self.log.exception("pipeline_error", record=type(record).__name__)
+
+    def _emit_kills(self, kills: list[Kill]) -> None:
+        for kill in kills:
+            self._emit(self.builder.kill(kill))
+
+    def _emit(self, event: Event) -> None:
+        if self.filter and event["type"] != "lost" and not self.filter.matches(event):
+            self.counters.filtered += 1
+            return
+        self.counters.events += 1
+        for sink in self.sinks:
+            sink.emit(event)
+
+    def _check_lost(self) -> None:
+        kernel = self.probes.lost_counts()
+        new = {k: v - self._lost_seen.get(k, 0) for k, v in kernel.items()}
+        new = {k: v for k, v in new.items() if v > 0}
+        now = time.monotonic_ns()
+        if new:
+            self._lost_seen = kernel
+            count = sum(new.values())
+            self.counters.kernel_lost += count
+            self._emit(self.builder.lost(now, "kernel_ring_buffer", count, _by_kind(new)))
+            self.log.warning("records_lost", source="kernel_ring_buffer", count=count)
+        dropped = self.counters.queue_dropped - self._lost_seen.get(-1, 0)
+        if dropped > 0:
+            self._lost_seen[-1] = self.counters.queue_dropped
+            self._emit(self.builder.lost(now, "agent_queue", dropped, {}))
+            self.log.warning("records_lost", source="agent_queue", count=dropped)
+
+    def _log_stats(self, event: str) -> None:
+        c = self.counters
+        s = self.correlator.stats
+        self.log.info(
+            event,
+            records=c.records,
+            events=c.events,
+            filtered=c.filtered,
+            kernel_lost=c.kernel_lost,
+            queue_dropped=c.queue_dropped,
+            decode_errors=c.decode_errors,
+            pipeline_errors=c.pipeline_errors,
+            pending=self.correlator.pending_count(),
+            evicted=s.evicted,
+            unmatched_deliver=s.unmatched_deliver,
+            unmatched_exit=s.unmatched_exit,
+        )
+
+
+def _by_kind(counts: dict[int, int]) -> dict[str, int]:
+    return {KIND_NAMES.get(k, str(k)): v for k, v in counts.items()}

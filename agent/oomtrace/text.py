@@ -1,0 +1,116 @@
+"""The human view of an event: one block per event, for --follow on a terminal.
+
+It leads with what an operator asks first: which pod and container, then what
+killed it and why. Every value comes from the JSON event, so both views agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Event = dict[str, Any]
+
+
+def _mib(value: object) -> str:
+    if not isinstance(value, int):
+        return "?"
+    return f"{value / 1048576:.1f} MiB"
+
+
+def _kb(value: object) -> str:
+    return f"{value} kB" if isinstance(value, int) else "?"
+
+
+def _who(proc: Event | None) -> str:
+    if not proc:
+        return "unknown"
+    pid = proc.get("pid")
+    comm = proc.get("comm") or "?"
+    return f"{comm} (pid {pid})"
+
+
+def _k8s(proc: Event | None) -> str | None:
+    k8s = (proc or {}).get("k8s")
+    if not k8s:
+        return None
+    pod = f"{k8s.get('namespace') or '?'}/{k8s.get('pod') or k8s.get('pod_uid') or '?'}"
+    if k8s.get("sandbox"):
+        return f"pod {pod}, sandbox (pause) process"
+    return f"pod {pod}, container {k8s.get('container') or k8s.get('container_id') or '?'}"
+
+
+def _place(proc: Event | None) -> str:
+    return _k8s(proc) or f"cgroup {(proc or {}).get('cgroup') or '?'}"
+
+
+def _exit(victim: Event) -> str | None:
+    ex = victim.get("exit")
+    if ex is None:
+        return None
+    if not ex.get("observed"):
+        return "not observed within the wait: the victim may be stuck"
+    return f"exit code {ex.get('code')} after {ex.get('kill_to_exit_ms')} ms"
+
+
+def _oom_lines(event: Event) -> list[str]:
+    victim = event.get("victim") or {}
+    oom = event.get("oom") or {}
+    mem = victim.get("memory") or {}
+    lines = [
+        f"  victim   {_who(victim)}  oom_score_adj {victim.get('oom_score_adj')}  "
+        f"anon {_kb(mem.get('anon_rss_kb'))}  file {_kb(mem.get('file_rss_kb'))}  "
+        f"shmem {_kb(mem.get('shmem_rss_kb'))}",
+        f"           cgroup {victim.get('cgroup') or '?'}",
+    ]
+    trigger = event.get("trigger")
+    if trigger:
+        lines.append(f"  trigger  {_who(trigger)}  in {_place(trigger)}")
+    stat = oom.get("memcg_stat") or {}
+    if oom.get("memcg") or stat:
+        parts = stat.get("stat") or {}
+        lines.append(
+            f"  memcg    {oom.get('memcg') or stat.get('path') or '?'}  "
+            f"limit {_mib(stat.get('limit_bytes'))}  usage {_mib(stat.get('usage_bytes'))}  "
+            f"working set {_mib(stat.get('working_set_bytes'))}  "
+            f"(anon {_mib(parts.get('anon'))}, file {_mib(parts.get('file'))})"
+        )
+    if event.get("group_kill"):
+        lines.append(f"  killed with the chosen victim (OOM context {oom.get('context_id')})")
+    return lines
+
+
+def _signal_lines(event: Event) -> list[str]:
+    victim = event.get("victim") or {}
+    sender = event.get("sender") or {}
+    chain = " <- ".join(f"{p.get('comm')}({p.get('pid')})" for p in sender.get("parents") or [])
+    lines = [
+        f"  victim   {_who(victim)}  cgroup {victim.get('cgroup') or '?'}",
+        f"  sender   {_who(sender)}  uid {sender.get('uid')}  tty {sender.get('tty') or '-'}  "
+        f"in {_place(sender)}",
+    ]
+    if sender.get("cmdline"):
+        lines.append(f"           cmdline {' '.join(sender['cmdline'])}")
+    if chain:
+        lines.append(f"           parents {chain}")
+    return lines
+
+
+def render(event: Event) -> str:
+    kind = event.get("type")
+    if kind == "lost":
+        lost = event.get("lost") or {}
+        return f"{event.get('time')}  LOST {lost.get('count')} records ({lost.get('source')})\n\n"
+    victim = event.get("victim") or {}
+    signal = event.get("signal") or {}
+    title = "OOM KILL" if kind == "oom_kill" else f"{signal.get('name')} ({signal.get('code')})"
+    head = f"{event.get('time')}  {title}  {_place(victim)}  {_who(victim)}"
+    lines = [head]
+    if event.get("explanation"):
+        lines.append(f"  {event['explanation']}")
+    lines.extend(_oom_lines(event) if kind == "oom_kill" else _signal_lines(event))
+    ended = _exit(victim)
+    if ended:
+        lines.append(f"  exit     {ended}")
+    errors = (event.get("enrichment") or {}).get("errors") or []
+    lines.extend(f"  note     {e}" for e in errors)
+    return "\n".join(lines) + "\n\n"
