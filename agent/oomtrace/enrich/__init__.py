@@ -1,0 +1,1 @@
+"""Enrichment of raw BPF records with facts read from /proc and cgroupfs."""
