@@ -71,6 +71,27 @@ static __always_inline void *oomtrace_read_ptr(const void *base, u32 off, u32 *f
 	return val;
 }
 
+/* task->cgroups->subsys[memory_cgrp_id]: the task's memory css. */
+static __always_inline const void *oomtrace_task_memcg_css(const void *task, u32 *failed)
+{
+	const void *cset = oomtrace_read_ptr(task, OFF_TASK_CGROUPS, failed);
+	if (!cset)
+		return 0;
+	return oomtrace_read_ptr(cset, OFF_CSS_SET_SUBSYS + MEMORY_CGRP_ID * sizeof(void *), failed);
+}
+
+/* css->cgroup->kn->id: the cgroup's id, which is also the inode number of its
+ * directory in the hierarchy that mounts the controller (v1 or v2). */
+static __always_inline u64 oomtrace_css_id(const void *css, u32 *failed)
+{
+	u64 id = 0;
+	const void *cgrp = oomtrace_read_ptr(css, OFF_CSS_CGROUP, failed);
+	const void *kn = cgrp ? oomtrace_read_ptr(cgrp, OFF_CGROUP_KN, failed) : 0;
+	if (kn && bpf_probe_read_kernel(&id, sizeof(id), (const char *)kn + OFF_KERNFS_NODE_ID) != 0)
+		*failed = 1;
+	return id;
+}
+
 /* Walks task_struct with offsets learnt from BTF: the tracepoint tier must
  * run on kernels without headers, where bcc cannot see the struct. */
 static __always_inline void oomtrace_read_task_struct(const void *task, struct oomtrace_task_view *v)
@@ -96,19 +117,21 @@ static __always_inline void oomtrace_read_task_struct(const void *task, struct o
 		failed = 1;
 	v->oom_score_adj = adj;
 
-	/* task->cgroups->subsys[memory_cgrp_id]->cgroup->kn->id: the memcg's id,
-	 * which is also the inode number of its directory in the hierarchy
-	 * that mounts the memory controller (v1 or v2). */
-	const void *cset = oomtrace_read_ptr(task, OFF_TASK_CGROUPS, &failed);
-	if (cset) {
-		const void *css = oomtrace_read_ptr(cset, OFF_CSS_SET_SUBSYS + MEMORY_CGRP_ID * sizeof(void *), &failed);
-		const void *cgrp = css ? oomtrace_read_ptr(css, OFF_CSS_CGROUP, &failed) : 0;
-		const void *kn = cgrp ? oomtrace_read_ptr(cgrp, OFF_CGROUP_KN, &failed) : 0;
-		if (kn && bpf_probe_read_kernel(&v->memcg_id, sizeof(v->memcg_id), (const char *)kn + OFF_KERNFS_NODE_ID) != 0)
-			failed = 1;
-	}
+	const void *css = oomtrace_task_memcg_css(task, &failed);
+	if (css)
+		v->memcg_id = oomtrace_css_id(css, &failed);
 	if (failed)
 		v->flags |= OOMTRACE_TASK_READ_FAILED;
+}
+
+/* Usage and limit of the memcg whose css is `css`, in pages. */
+static __always_inline void oomtrace_read_memcg_counter(const void *css, u64 *usage, u64 *max)
+{
+	/* css is the first member of struct mem_cgroup (OFF_MEMCG_CSS == 0 is
+	 * checked by the loader), so the css pointer is the mem_cgroup. */
+	const char *counter = (const char *)css + OFF_MEMCG_MEMORY;
+	bpf_probe_read_kernel(usage, sizeof(*usage), counter + OFF_PAGE_COUNTER_USAGE);
+	bpf_probe_read_kernel(max, sizeof(*max), counter + OFF_PAGE_COUNTER_MAX);
 }
 #endif
 

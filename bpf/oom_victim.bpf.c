@@ -15,6 +15,11 @@
  *    and oom_score_adj exist; otherwise only the pid is recorded and
  *    userspace fills the rest from /proc and the victim's deliver record.
  *  - `pid` is a thread id (find_lock_task_mm() may pick any thread).
+ *  - The charge that failed was the trigger's, so with BTF offsets the
+ *    trigger's memcg and its ancestors are read here (usage and max of
+ *    mem_cgroup.memory, a page_counter): the OOM memcg is among them for a
+ *    memcg OOM. Without BTF these stay zero and userspace reads the memcg
+ *    files, later.
  */
 
 TRACEPOINT_PROBE(oom, mark_victim)
@@ -40,6 +45,18 @@ TRACEPOINT_PROBE(oom, mark_victim)
 	TP_DATA_LOC_READ_STR(r->victim_comm, comm, OOMTRACE_COMM_LEN);
 #else
 	r->mark_victim_layout = OOMTRACE_MARK_VICTIM_PID_ONLY;
+#endif
+#ifdef OOMTRACE_HAVE_TASK_OFFSETS
+	u32 failed = 0;
+	const void *css = oomtrace_task_memcg_css((const void *)bpf_get_current_task(), &failed);
+	/* A bounded loop (verifier-checked since v5.3). */
+	for (int i = 0; i < OOMTRACE_MEMCG_LEVELS; i++) {
+		if (!css)
+			break;
+		r->trigger_memcg_ids[i] = oomtrace_css_id(css, &failed);
+		oomtrace_read_memcg_counter(css, &r->trigger_memcg_usage_pages[i], &r->trigger_memcg_max_pages[i]);
+		css = oomtrace_read_ptr(css, OFF_CSS_PARENT, &failed);
+	}
 #endif
 	events.ringbuf_submit(r, 0);
 	return 0;

@@ -17,6 +17,7 @@
 #define OOMTRACE_H
 
 #define OOMTRACE_COMM_LEN 16
+#define OOMTRACE_MEMCG_LEVELS 4 /* trigger's memcg and its nearest ancestors */
 #define OOMTRACE_CGROUP_PATH_LEN 512
 
 /* Record kinds: the first field of every record. */
@@ -92,6 +93,13 @@ struct oomtrace_mark_victim_rec {
 	__s32 victim_oom_score_adj;
 	__u32 mark_victim_layout;
 	char victim_comm[OOMTRACE_COMM_LEN];
+	/* The trigger's memcg (level 0) and its ancestors at the moment of the
+	 * kill: the failed charge was against one of them. Read in the kernel
+	 * because the victim's memory is freed within milliseconds. Ids of 0
+	 * end the list; max is PAGE_COUNTER_MAX when unlimited. */
+	__u64 trigger_memcg_ids[OOMTRACE_MEMCG_LEVELS];
+	__u64 trigger_memcg_usage_pages[OOMTRACE_MEMCG_LEVELS];
+	__u64 trigger_memcg_max_pages[OOMTRACE_MEMCG_LEVELS];
 };
 
 /* A traced signal reached its target; the current task is the victim. */

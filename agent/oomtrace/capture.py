@@ -8,6 +8,7 @@ key (tgid, start time): a pid that was reused by another process never matches.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
@@ -17,6 +18,7 @@ from oomtrace.enrich.cgroupfs import CgroupPaths
 from oomtrace.records import (
     CgroupRecord,
     MarkVictimRecord,
+    MemcgCounter,
     OomKillRecord,
     Record,
     SignalRecord,
@@ -30,18 +32,26 @@ MAX_SNAPSHOTS: Final = 4096
 
 @dataclass(frozen=True, slots=True)
 class MemcgCapture:
-    """Memcg counters read right after an OOM kill, for every memcg that could
-    be the one whose limit was hit: the trigger's own and its limited ancestors
-    (the failed charge was the trigger's), or the one the kprobe named."""
+    """The memcgs of an OOM kill, read as it happened.
+
+    `oom_memcg` is the memcg whose limit was hit when the kernel told it: named
+    by the kprobe, or the nearest of the trigger's memcgs whose page counter
+    stood at its limit at mark_victim time. Without either, events.py infers it
+    from `stats`, which holds read_memcg() for each limited candidate.
+    """
 
     trigger_memcg: str | None
-    kprobe_memcg: str | None
-    stats: dict[str, dict[str, object]]  # path -> read_memcg()
+    oom_memcg: str | None
+    source: str | None  # "kprobe" | "kernel_counters"
+    stats: dict[str, dict[str, object]]
+    # The kernel's counters were read and none stood at its limit: not a memcg OOM.
+    kernel_saw_no_limit: bool = False
 
 
 class Capture:
     def __init__(self, paths: CgroupPaths, *, max_snapshots: int = MAX_SNAPSHOTS) -> None:
         self.paths = paths
+        self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._max = max_snapshots
         self._snapshots: OrderedDict[ProcessKey, procfs.ProcSnapshot] = OrderedDict()
         self._by_tid: OrderedDict[int, ProcessKey] = OrderedDict()
@@ -56,11 +66,11 @@ class Capture:
         elif isinstance(record, MarkVictimRecord):
             self.task(record.trigger)
             self.thread(record.victim_tid, with_parents=True)
-            self._memcg(record.ktime_ns, record.trigger, None)
+            self._memcg(record.ktime_ns, record.trigger, record.trigger_memcgs, None)
         elif isinstance(record, OomKillRecord):
             self.task(record.trigger)
             self.thread(record.victim_tid, with_parents=True)
-            self._memcg(record.ktime_ns, record.trigger, record)
+            self._memcg(record.ktime_ns, record.trigger, (), record)
         elif isinstance(record, CgroupRecord):
             self.paths.learn(record.hierarchy, record.cgroup_id, record.path)
 
@@ -129,7 +139,13 @@ class Capture:
 
     # -- memcg -----------------------------------------------------------------
 
-    def _memcg(self, ktime_ns: int, trigger: Task, kprobe: OomKillRecord | None) -> None:
+    def _memcg(
+        self,
+        ktime_ns: int,
+        trigger: Task,
+        counters: tuple[MemcgCounter, ...],
+        kprobe: OomKillRecord | None,
+    ) -> None:
         hierarchy = self.paths.memory
         if hierarchy is None:
             return
@@ -137,22 +153,65 @@ class Capture:
         if trigger_memcg is None:
             snap = self.lookup(trigger.tid, trigger.tgid, trigger.start_ns)
             trigger_memcg = snap.memory_cgroup if snap else None
-        kprobe_memcg = None
+        by_path = {
+            path: c for c in counters if (path := self.paths.memcg_path(c.memcg_id)) is not None
+        }
+        oom_memcg: str | None = None
+        source: str | None = None
         if kprobe is not None and kprobe.oom_memcg_id:
-            kprobe_memcg = self.paths.memcg_path(kprobe.oom_memcg_id)
-        stats: dict[str, dict[str, object]] = {}
-        if kprobe_memcg is not None:
-            candidates = [kprobe_memcg]
+            oom_memcg = self.paths.memcg_path(kprobe.oom_memcg_id)
+            source = "kprobe" if oom_memcg else None
+        else:
+            oom_memcg = next((p for p, c in by_path.items() if _at_limit(c)), None)
+            source = "kernel_counters" if oom_memcg else None
+        if oom_memcg is not None:
+            candidates = [oom_memcg]
+        elif by_path:
+            candidates = list(by_path)
         elif trigger_memcg is not None:
             candidates = memcg.ancestry(trigger_memcg)
         else:
             candidates = []
+        stats: dict[str, dict[str, object]] = {}
         for path in candidates:
             stat = memcg.read_memcg(hierarchy, path)
-            if stat is not None and (kprobe_memcg is not None or stat.get("limit_bytes")):
+            if stat is None:
+                continue
+            counter = by_path.get(path)
+            if counter is not None:
+                _merge_counter(stat, counter, self._page_size)
+            if path == oom_memcg or stat.get("limit_bytes"):
                 stats[path] = stat
         self.memcg_by_ktime[ktime_ns] = MemcgCapture(
-            trigger_memcg=trigger_memcg, kprobe_memcg=kprobe_memcg, stats=stats
+            trigger_memcg=trigger_memcg,
+            oom_memcg=oom_memcg,
+            source=source,
+            stats=stats,
+            kernel_saw_no_limit=bool(by_path) and oom_memcg is None and kprobe is None,
         )
         while len(self.memcg_by_ktime) > self._max:
             self.memcg_by_ktime.popitem(last=False)
+
+
+# PAGE_COUNTER_MAX is LONG_MAX / PAGE_SIZE; anything this large is "no limit".
+_UNLIMITED_PAGES: Final = 1 << 50
+
+
+def _at_limit(c: MemcgCounter) -> bool:
+    """A failed charge leaves usage within a charge batch of max; allow 2% or 1 MiB."""
+    if c.max_pages >= _UNLIMITED_PAGES:
+        return False
+    return c.usage_pages + max(c.max_pages // 50, 256) >= c.max_pages
+
+
+def _merge_counter(stat: dict[str, object], counter: MemcgCounter, page_size: int) -> None:
+    """The kernel's usage and limit at the kill replace the later file reads."""
+    usage = counter.usage_pages * page_size
+    stat["usage_bytes"] = usage
+    if counter.max_pages < _UNLIMITED_PAGES:
+        stat["limit_bytes"] = counter.max_pages * page_size
+    inner = stat.get("stat")
+    inactive = inner.get("inactive_file") if isinstance(inner, dict) else None
+    if isinstance(inactive, int):
+        stat["working_set_bytes"] = max(0, usage - inactive)
+    stat["usage_source"] = "kernel_at_kill"

@@ -246,9 +246,9 @@ class EventBuilder:
         victim (chosen inside the OOM scope)."""
         if mem is None:
             return None, None
-        if mem.kprobe_memcg is not None:
-            return mem.kprobe_memcg, "kprobe"
-        if mem.trigger_memcg is None:
+        if mem.oom_memcg is not None:
+            return mem.oom_memcg, mem.source
+        if mem.trigger_memcg is None or mem.kernel_saw_no_limit:
             return None, None
         scope = memcg.common_ancestor(mem.trigger_memcg, victim_cgroup or mem.trigger_memcg)
         for path in memcg.ancestry(scope):

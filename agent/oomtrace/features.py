@@ -34,6 +34,11 @@ TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
     "OFF_CSS_CGROUP": ("cgroup_subsys_state", "cgroup"),
     "OFF_CGROUP_KN": ("cgroup", "kn"),
     "OFF_KERNFS_NODE_ID": ("kernfs_node", "id"),
+    "OFF_CSS_PARENT": ("cgroup_subsys_state", "parent"),
+    "OFF_MEMCG_CSS": ("mem_cgroup", "css"),
+    "OFF_MEMCG_MEMORY": ("mem_cgroup", "memory"),
+    "OFF_PAGE_COUNTER_USAGE": ("page_counter", "usage"),
+    "OFF_PAGE_COUNTER_MAX": ("page_counter", "max"),
 }
 
 
@@ -103,6 +108,8 @@ def task_offsets(btf: Btf) -> TaskOffsets:
         name: btf.offset_of(struct, member) for name, (struct, member) in TASK_OFFSETS.items()
     }
     values["MEMORY_CGRP_ID"] = btf.enum_value("cgroup_subsys_id", "memory_cgrp_id")
+    if values["OFF_MEMCG_CSS"] != 0:
+        raise BtfError("mem_cgroup.css is not the first member; the memcg walk assumes it is")
     return TaskOffsets(values=values)
 
 

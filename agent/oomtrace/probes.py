@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from oomtrace.features import KernelFeatures, page_size
 from oomtrace.records import REC_KINDS
@@ -132,6 +135,26 @@ def assemble(p: Plan) -> str:
 RawCallback = Callable[[bytes], None]
 
 
+def _rewound(f: IO[str]) -> str:
+    f.seek(0)
+    return f.read().strip()
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[IO[str]]:
+    """Collects what clang and libbcc print on fd 2, so it reaches the structured
+    log instead of interleaving raw text with it."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile("w+") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield sink
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 class Probes:
     """The loaded programs: a ring buffer to poll and counters to read."""
 
@@ -149,10 +172,16 @@ class Probes:
                 "the bcc Python module is missing: install the distribution package "
                 "(Debian/Ubuntu: python3-bpfcc) and run oomtrace with that Python"
             ) from exc
-        try:
-            self._bpf: Any = BPF(text=text)
-        except Exception as exc:
-            raise LoadError(f"compiling or attaching the BPF programs failed: {exc}") from exc
+        with _captured_stderr() as compiler_output:
+            try:
+                self._bpf: Any = BPF(text=text)
+            except Exception as exc:
+                detail = _rewound(compiler_output)
+                raise LoadError(
+                    f"compiling or attaching the BPF programs failed: {exc}"
+                    + (f"\n{detail}" if detail else "")
+                ) from exc
+            self.compiler_output = _rewound(compiler_output)
         self.set_signals(signals)
 
     def set_signals(self, signals: frozenset[int]) -> None:

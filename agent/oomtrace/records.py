@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 COMM_LEN: Final = 16
+MEMCG_LEVELS: Final = 4
 CGROUP_PATH_LEN: Final = 512
 
 REC_SIGNAL: Final = 1
@@ -92,6 +93,9 @@ class RawMarkVictim(ctypes.Structure):
         ("victim_oom_score_adj", _s32),
         ("mark_victim_layout", _u32),
         ("victim_comm", _comm),
+        ("trigger_memcg_ids", _u64 * MEMCG_LEVELS),
+        ("trigger_memcg_usage_pages", _u64 * MEMCG_LEVELS),
+        ("trigger_memcg_max_pages", _u64 * MEMCG_LEVELS),
     ]
 
 
@@ -233,6 +237,15 @@ class VictimMemory:
 
 
 @dataclass(frozen=True, slots=True)
+class MemcgCounter:
+    """A memcg's page counter read in the kernel."""
+
+    memcg_id: int
+    usage_pages: int
+    max_pages: int
+
+
+@dataclass(frozen=True, slots=True)
 class MarkVictimRecord:
     ktime_ns: int
     cpu: int
@@ -243,6 +256,8 @@ class MarkVictimRecord:
     victim_uid: int | None
     victim_oom_score_adj: int | None
     victim_memory: VictimMemory | None
+    # The trigger's memcg and its ancestors at the kill, nearest first.
+    trigger_memcgs: tuple[MemcgCounter, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +349,16 @@ def _mark_victim(r: RawMarkVictim) -> MarkVictimRecord:
         )
         if full
         else None,
+        trigger_memcgs=tuple(
+            MemcgCounter(memcg_id=mid, usage_pages=usage, max_pages=cap)
+            for mid, usage, cap in zip(
+                r.trigger_memcg_ids,
+                r.trigger_memcg_usage_pages,
+                r.trigger_memcg_max_pages,
+                strict=True,
+            )
+            if mid
+        ),
     )
 
 

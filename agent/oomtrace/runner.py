@@ -75,6 +75,8 @@ def run(settings: Settings) -> int:
         probes = Probes(p, settings.signals)
     except LoadError as exc:
         fail(str(exc))
+    if probes.compiler_output:
+        logger.info("bpf_compiler_output", text=probes.compiler_output)
     for hook, reason in p.missing.items():
         logger.warning("hook_unavailable", hook=hook, reason=reason)
     agent = Agent(settings, probes, _sinks(settings))

@@ -62,8 +62,15 @@ class AgentProcess:
             *lines, self._buffers[name] = buf.split(b"\n")
             target = self.events if name == "out" else self.logs
             for line in lines:
-                if line.strip():
+                if not line.strip():
+                    continue
+                try:
                     target.append(orjson.loads(line))
+                except orjson.JSONDecodeError:
+                    # bcc and clang may print plain warnings on stderr.
+                    if name == "out":
+                        raise
+                    target.append({"event": "raw", "line": line.decode(errors="replace")})
 
     def wait_log(self, event: str, timeout: float = READY_TIMEOUT) -> Event:
         return self._wait(
