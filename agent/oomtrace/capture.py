@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from oomtrace.enrich import memcg, procfs
 from oomtrace.enrich.cgroupfs import CgroupPaths
+from oomtrace.enrich.kubepath import parse_kube_cgroup
 from oomtrace.records import (
     CgroupRecord,
     MarkVictimRecord,
@@ -49,8 +51,15 @@ class MemcgCapture:
 
 
 class Capture:
-    def __init__(self, paths: CgroupPaths, *, max_snapshots: int = MAX_SNAPSHOTS) -> None:
+    def __init__(
+        self,
+        paths: CgroupPaths,
+        *,
+        max_snapshots: int = MAX_SNAPSHOTS,
+        on_new_container: Callable[[], None] | None = None,
+    ) -> None:
         self.paths = paths
+        self.on_new_container = on_new_container
         self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._max = max_snapshots
         self._snapshots: OrderedDict[ProcessKey, procfs.ProcSnapshot] = OrderedDict()
@@ -73,6 +82,10 @@ class Capture:
             self._memcg(record.ktime_ns, record.trigger, (), record)
         elif isinstance(record, CgroupRecord):
             self.paths.learn(record.hierarchy, record.cgroup_id, record.path)
+            if self.on_new_container is not None:
+                kube = parse_kube_cgroup(record.path)
+                if kube is not None and kube.role == "container":
+                    self.on_new_container()
 
     # -- processes -------------------------------------------------------------
 

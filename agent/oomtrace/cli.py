@@ -138,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="stderr logs (auto: console on a terminal, else JSON lines)",
     )
 
+    kube = parser.add_argument_group("kubernetes")
+    kube.add_argument(
+        "--cri-endpoint",
+        metavar="URL",
+        default=None,
+        help="the container runtime's CRI socket, e.g. unix:///run/containerd/containerd.sock "
+        "(default: containerd's or CRI-O's, whichever answers; 'none' to turn names off; "
+        "pod UID and container ID still come from cgroup paths)",
+    )
+
     tuning = parser.add_argument_group("kernel and tuning")
     tuning.add_argument(
         "--tier",
@@ -178,6 +188,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         "ringbuf_pages": args.ring_buffer_pages,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "cri_endpoint": args.cri_endpoint,
     }
     if args.signals is not None:
         kwargs["signals"] = args.signals

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from oomtrace.capture import Capture, MemcgCapture
 from oomtrace.correlate import Kill
@@ -46,11 +46,18 @@ class Clock:
         return f"{stamp}.{nanos:09d}Z"
 
 
+class K8sResolver(Protocol):
+    def resolve(self, cgroup_path: str | None) -> tuple[dict[str, object] | None, list[str]]: ...
+
+
 class EventBuilder:
-    def __init__(self, capture: Capture, clock: Clock, tier: str) -> None:
+    def __init__(
+        self, capture: Capture, clock: Clock, tier: str, k8s: K8sResolver | None = None
+    ) -> None:
         self.capture = capture
         self.clock = clock
         self.tier = tier
+        self.k8s = k8s
         self.hostname = socket.gethostname()
 
     def common(self, kind: str, ktime_ns: int) -> Event:
@@ -91,8 +98,22 @@ class EventBuilder:
         else:
             assert kill.signal is not None
             event["sender"] = self._process(kill.signal.sender, parents=True, tty=True)
+        self._kubernetes(event, errors)
         event["enrichment"] = {"errors": errors}
         return event
+
+    def _kubernetes(self, event: Event, errors: list[str]) -> None:
+        """Each process's pod and container, or null for a host process."""
+        for role in ("victim", "trigger", "sender"):
+            proc = event.get(role)
+            if proc is None:
+                continue
+            if self.k8s is None:
+                proc["k8s"] = None
+                continue
+            k8s, problems = self.k8s.resolve(proc.get("cgroup"))
+            proc["k8s"] = k8s
+            errors.extend(f"{role}: {p}" for p in problems)
 
     # -- roles -----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import sys
 from oomtrace import features, log, privileges
 from oomtrace.cli import fail
 from oomtrace.config import Settings
+from oomtrace.cri.resolver import CriResolver
 from oomtrace.probes import LoadError, Probes, assemble, plan
 from oomtrace.service import Agent
 from oomtrace.sinks import Sink
@@ -79,7 +80,9 @@ def run(settings: Settings) -> int:
         logger.info("bpf_compiler_output", text=probes.compiler_output)
     for hook, reason in p.missing.items():
         logger.warning("hook_unavailable", hook=hook, reason=reason)
-    agent = Agent(settings, probes, _sinks(settings))
+    names = settings.cri_endpoint != "none"
+    k8s = CriResolver(settings.cri_endpoint if names else None, names=names)
+    agent = Agent(settings, probes, _sinks(settings), k8s=k8s)
     signal.signal(signal.SIGINT, agent.request_stop)
     signal.signal(signal.SIGTERM, agent.request_stop)
     try:

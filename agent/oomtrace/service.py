@@ -21,6 +21,7 @@ from oomtrace import log
 from oomtrace.capture import Capture
 from oomtrace.config import Settings
 from oomtrace.correlate import Correlator, Kill
+from oomtrace.cri.resolver import CriResolver
 from oomtrace.enrich.cgroupfs import CgroupPaths
 from oomtrace.events import Clock, Event, EventBuilder
 from oomtrace.probes import Probes
@@ -79,6 +80,7 @@ class Agent:
         sinks: list[Sink],
         *,
         paths: CgroupPaths | None = None,
+        k8s: CriResolver | None = None,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -86,10 +88,11 @@ class Agent:
         self.sinks = sinks
         self.log = log.get()
         self.paths = paths or CgroupPaths()
-        self.capture = Capture(self.paths)
+        self.k8s = k8s
+        self.capture = Capture(self.paths, on_new_container=k8s.nudge if k8s else None)
         self.correlator = Correlator(exit_wait_ns=int(settings.exit_wait * 1e9))
         self.clock = Clock()
-        self.builder = EventBuilder(self.capture, self.clock, probes.plan.tier)
+        self.builder = EventBuilder(self.capture, self.clock, probes.plan.tier, k8s)
         self.filter = EventFilter(settings.pids, settings.cgroups)
         self.decoder = RecordDecoder()
         self.counters = Counters()
@@ -119,6 +122,8 @@ class Agent:
 
     def run(self) -> int:
         self.paths.warm()
+        if self.k8s is not None:
+            self.k8s.start()
         self.probes.open(self._enqueue)
         self._reader.start()
         plan = self.probes.plan
@@ -169,6 +174,8 @@ class Agent:
         self._log_stats("stopped")
         for sink in self.sinks:
             sink.close()
+        if self.k8s is not None:
+            self.k8s.stop()
         self.probes.close()
 
     # -- pipeline --------------------------------------------------------------
