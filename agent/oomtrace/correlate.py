@@ -117,8 +117,7 @@ class Correlator:
         if isinstance(record, SignalRecord):
             return self._on_signal(record)
         if isinstance(record, MarkVictimRecord):
-            self._on_mark(record)
-            return []
+            return self._on_mark(record)
         if isinstance(record, OomKillRecord):
             self._open_context(record.trigger, record.ktime_ns, kprobe=record)
             return []
@@ -195,7 +194,7 @@ class Correlator:
             self._held[rec.target_tid] = kill
         return evicted
 
-    def _on_mark(self, rec: MarkVictimRecord) -> None:
+    def _on_mark(self, rec: MarkVictimRecord) -> list[Kill]:
         ctx = self._live_context(rec.trigger.tid, rec.ktime_ns)
         if ctx is None or (ctx.kprobe is None and ctx.victims > 0 and ctx.closed):
             ctx = self._open_context(rec.trigger, rec.ktime_ns, kprobe=None)
@@ -203,6 +202,7 @@ class Correlator:
         ctx.last_ktime_ns = rec.ktime_ns
         ctx.victims += 1
         kill = self._held.pop(rec.victim_tid, None)
+        evicted: list[Kill] = []
         if kill is None:
             # No SIGKILL first: task_will_free_mem() found the victim already
             # exiting, or the signal record was lost. No deliver will follow.
@@ -214,13 +214,14 @@ class Correlator:
                 deadline_ns=rec.ktime_ns + self.exit_wait_ns,
                 expects_deliver=False,
             )
-            self._add(kill)
+            evicted = self._add(kill)
         kill.kind = "oom_kill"
         kill.mark = rec
         kill.context = ctx
         kill.group_kill = group_member
         if rec.victim_comm:
             kill.victim_comm = rec.victim_comm
+        return evicted
 
     def _on_deliver(self, rec: DeliverRecord) -> list[Kill]:
         kill = self._by_signal.get((rec.kill_ktime_ns, rec.kill_sender_tgid))
