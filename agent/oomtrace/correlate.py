@@ -201,7 +201,7 @@ class Correlator:
         group_member = ctx.victims > 0
         ctx.last_ktime_ns = rec.ktime_ns
         ctx.victims += 1
-        kill = self._held.pop(rec.victim_tid, None)
+        kill = self._held.pop(rec.victim_tid, None) or self._decided_too_early(rec)
         evicted: list[Kill] = []
         if kill is None:
             # No SIGKILL first: task_will_free_mem() found the victim already
@@ -271,6 +271,23 @@ class Correlator:
         if ctx is None or ktime_ns - ctx.last_ktime_ns > self.window_ns:
             return None
         return ctx
+
+    def _decided_too_early(self, rec: MarkVictimRecord) -> Kill | None:
+        """The victim's SIGKILL, when tick() (on wall time) called it a plain signal
+        because the agent read its mark more than the window after it was written."""
+        for kill in reversed(self._pending.values()):
+            sig = kill.signal
+            if (
+                kill.kind == "signal"
+                and sig is not None
+                and sig.sig == SIGKILL
+                and sig.code == SI_KERNEL
+                and kill.victim_tid == rec.victim_tid
+                and sig.sender.tid == rec.trigger.tid
+                and 0 <= rec.ktime_ns - sig.ktime_ns <= self.window_ns
+            ):
+                return kill
+        return None
 
     def _context_has_victim(self, ctx: OomContext, tid: int) -> bool:
         return any(k.context is ctx and k.victim_tid == tid for k in self._pending.values())

@@ -7,16 +7,19 @@ Every object is plain JSON data, ready for orjson.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
+from oomtrace import features
 from oomtrace.capture import Capture, MemcgCapture
 from oomtrace.correlate import Kill
 from oomtrace.enrich import memcg
 from oomtrace.enrich.procfs import Parent, ProcSnapshot
-from oomtrace.records import Task
+from oomtrace.features import KernelVocabulary
+from oomtrace.records import OomKillRecord, Task
 from oomtrace.sigdefs import GENERATE_RESULTS, code_name, signal_name
 
 SCHEMA: Final = "oomtrace.event/v1"
@@ -52,12 +55,19 @@ class K8sResolver(Protocol):
 
 class EventBuilder:
     def __init__(
-        self, capture: Capture, clock: Clock, tier: str, k8s: K8sResolver | None = None
+        self,
+        capture: Capture,
+        clock: Clock,
+        tier: str,
+        k8s: K8sResolver | None = None,
+        vocabulary: KernelVocabulary | None = None,
     ) -> None:
         self.capture = capture
         self.clock = clock
         self.tier = tier
         self.k8s = k8s
+        self.vocabulary = vocabulary or features.vocabulary(None)
+        self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.hostname = socket.gethostname()
 
     def common(self, kind: str, ktime_ns: int) -> Event:
@@ -250,12 +260,35 @@ class EventBuilder:
             key = kill.mark.ktime_ns
         mem = self.capture.memcg_by_ktime.get(key) if key is not None else None
         oom_memcg, source = self._oom_memcg(mem, victim_cgroup)
-        return {
+        out: Event = {
             "context_id": ctx.id if ctx else None,
             "tier": self.tier,
             "memcg": oom_memcg,
             "memcg_source": source,
             "memcg_stat": mem.stats.get(oom_memcg) if mem and oom_memcg else None,
+        }
+        if ctx is not None and ctx.kprobe is not None:
+            out |= self._kprobe_facts(ctx.kprobe)
+        return out
+
+    def _kprobe_facts(self, rec: OomKillRecord) -> Event:
+        """What oom_kill_process() knew: the OOM's scope, limit and victim choice."""
+        constraint = self.vocabulary.constraints.get(rec.constraint, str(rec.constraint))
+        return {
+            "constraint": constraint,
+            # totalpages is the limit the OOM applied (the memcg's max, or RAM +
+            # swap): not how much anything used.
+            "limit_pages": rec.totalpages,
+            "limit_bytes": rec.totalpages * self.page_size,
+            "memcg_usage_bytes": rec.oom_memcg_usage_pages * self.page_size
+            if rec.oom_memcg_id
+            else None,
+            "chosen_points": rec.chosen_points,
+            "chosen": {"pid": rec.victim_tgid, "tid": rec.victim_tid, "comm": rec.victim_comm},
+            "gfp_mask": f"{rec.gfp_mask:#x}",
+            "gfp_flags": self.vocabulary.gfp_flags(rec.gfp_mask),
+            "order": rec.order,
+            "sysrq": rec.order == -1,
         }
 
     @staticmethod

@@ -42,6 +42,95 @@ TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
 }
 
 
+# oom_kill_process(struct oom_control *oc, ...) as read by bpf/oom_kill.bpf.c.
+KPROBE_OFFSETS: Final[dict[str, tuple[str, str]]] = {
+    "OFF_TASK_PID": ("task_struct", "pid"),
+    "OFF_OC_MEMCG": ("oom_control", "memcg"),
+    "OFF_OC_GFP_MASK": ("oom_control", "gfp_mask"),
+    "OFF_OC_ORDER": ("oom_control", "order"),
+    "OFF_OC_TOTALPAGES": ("oom_control", "totalpages"),
+    "OFF_OC_CHOSEN": ("oom_control", "chosen"),
+    "OFF_OC_CHOSEN_POINTS": ("oom_control", "chosen_points"),
+    "OFF_OC_CONSTRAINT": ("oom_control", "constraint"),
+}
+
+# enum oom_constraint, named as oomtrace reports it.
+CONSTRAINT_NAMES: Final = {
+    "CONSTRAINT_NONE": "global",
+    "CONSTRAINT_CPUSET": "cpuset",
+    "CONSTRAINT_MEMORY_POLICY": "mempolicy",
+    "CONSTRAINT_MEMCG": "memcg",
+}
+
+# gfp flag names. Kernels since v6.8 describe their bits in an enum (___GFP_<NAME>_BIT)
+# that BTF carries; older ones only have #defines, whose v5.x-v6.7 values follow.
+GFP_NAMES: Final = (
+    "DMA", "HIGHMEM", "DMA32", "MOVABLE", "RECLAIMABLE", "HIGH", "IO", "FS", "ZERO",
+    "UNUSED", "ATOMIC", "DIRECT_RECLAIM", "KSWAPD_RECLAIM", "WRITE", "NOWARN",
+    "RETRY_MAYFAIL", "NOFAIL", "NORETRY", "MEMALLOC", "COMP", "NOMEMALLOC", "HARDWALL",
+    "THISNODE", "ACCOUNT", "ZEROTAGS", "SKIP_ZERO", "SKIP_KASAN", "SKIP_KASAN_UNPOISON",
+    "SKIP_KASAN_POISON", "NOLOCKDEP", "NO_OBJ_EXT",
+)  # fmt: skip
+GFP_BITS_BEFORE_6_8: Final = {
+    "DMA": 0, "HIGHMEM": 1, "DMA32": 2, "MOVABLE": 3, "RECLAIMABLE": 4, "HIGH": 5, "IO": 6,
+    "FS": 7, "ZERO": 8, "ATOMIC": 9, "DIRECT_RECLAIM": 10, "KSWAPD_RECLAIM": 11,
+    "WRITE": 12, "NOWARN": 13, "RETRY_MAYFAIL": 14, "NOFAIL": 15, "NORETRY": 16,
+    "MEMALLOC": 17, "COMP": 18, "NOMEMALLOC": 19, "HARDWALL": 20, "THISNODE": 21,
+    "ACCOUNT": 22, "ZEROTAGS": 23,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class KernelVocabulary:
+    """How this kernel numbers what the kprobe reads."""
+
+    gfp_bits: dict[str, int]
+    constraints: dict[int, str]
+
+    def gfp_flags(self, mask: int) -> list[str]:
+        return [f"__GFP_{name}" for name, bit in self.gfp_bits.items() if mask & (1 << bit)]
+
+
+def vocabulary(btf: Btf | None) -> KernelVocabulary:
+    gfp: dict[str, int] = {}
+    constraints = dict(enumerate(CONSTRAINT_NAMES.values()))
+    if btf is not None:
+        for name in GFP_NAMES:
+            try:
+                gfp[name] = btf.enumerator_value(f"___GFP_{name}_BIT")
+            except BtfError:
+                continue
+        found: dict[int, str] = {}
+        for enumerator, label in CONSTRAINT_NAMES.items():
+            try:
+                found[btf.enumerator_value(enumerator)] = label
+            except BtfError:
+                continue
+        constraints = found or constraints
+    return KernelVocabulary(gfp_bits=gfp or dict(GFP_BITS_BEFORE_6_8), constraints=constraints)
+
+
+def find_symbol(name: str, kallsyms: Path = Path("/proc/kallsyms")) -> str | None:
+    """The kernel's symbol for function `name`: itself, or a compiler clone
+    (name.constprop.0, name.isra.0) when only that exists. `.cold` parts are
+    not entry points."""
+    clone: str | None = None
+    try:
+        with kallsyms.open(encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3 or not parts[2].startswith(name):
+                    continue
+                symbol = parts[2]
+                if symbol == name:
+                    return symbol
+                if symbol.startswith(name + ".") and not symbol.endswith(".cold"):
+                    clone = clone or symbol
+    except OSError:
+        return None
+    return clone
+
+
 class TracefsError(RuntimeError):
     """tracefs is neither mounted nor mountable."""
 
@@ -98,9 +187,7 @@ class TaskOffsets:
     values: dict[str, int]
 
     def defines(self) -> dict[str, str]:
-        return {name: str(value) for name, value in self.values.items()} | {
-            "OOMTRACE_HAVE_TASK_OFFSETS": "1"
-        }
+        return {name: str(value) for name, value in self.values.items()}
 
 
 def task_offsets(btf: Btf) -> TaskOffsets:
@@ -123,19 +210,6 @@ def has_kprobes(tracefs: Path) -> bool:
     return (tracefs / "kprobe_events").exists()
 
 
-def kallsyms_has(symbol: str) -> bool:
-    """True when the kernel exports `symbol` (or a compiler clone such as symbol.cold)."""
-    try:
-        with open("/proc/kallsyms", encoding="ascii", errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and (parts[2] == symbol or parts[2].startswith(symbol + ".")):
-                    return True
-    except OSError:
-        return False
-    return False
-
-
 @dataclass(slots=True)
 class KernelFeatures:
     """A snapshot of the probed kernel facts the loader decides on."""
@@ -146,6 +220,9 @@ class KernelFeatures:
     headers: Path | None
     offsets: TaskOffsets | None
     offsets_error: str | None
+    kprobe_offsets: TaskOffsets | None
+    kprobe_offsets_error: str | None
+    vocabulary: KernelVocabulary
     kprobes: bool
     notes: list[str] = field(default_factory=list)
 
@@ -171,12 +248,23 @@ def probe_kernel(tracefs: Path, *, btf_path: Path = BTF_VMLINUX) -> KernelFeatur
         name: read_tracepoint_format(tracefs, *name.split(":", 1)) for name in TRACEPOINTS
     }
     offsets: TaskOffsets | None = None
+    kprobe_offsets: TaskOffsets | None = None
     offsets_error: str | None = None
+    kprobe_offsets_error: str | None = None
+    btf: Btf | None = None
     if btf_path.exists():
         try:
-            offsets = task_offsets(Btf.load(btf_path))
+            btf = Btf.load(btf_path)
+            offsets = task_offsets(btf)
         except (BtfError, OSError) as exc:
             offsets_error = f"BTF unusable: {exc}"
+        if btf is not None and offsets is not None:
+            try:
+                kprobe_offsets = TaskOffsets(
+                    values={n: btf.offset_of(s, m) for n, (s, m) in KPROBE_OFFSETS.items()}
+                )
+            except BtfError as exc:
+                kprobe_offsets_error = f"BTF lacks what the kprobe reads: {exc}"
     else:
         offsets_error = f"no BTF at {btf_path}"
     return KernelFeatures(
@@ -186,6 +274,9 @@ def probe_kernel(tracefs: Path, *, btf_path: Path = BTF_VMLINUX) -> KernelFeatur
         headers=kernel_headers_dir(),
         offsets=offsets,
         offsets_error=offsets_error,
+        kprobe_offsets=kprobe_offsets,
+        kprobe_offsets_error=kprobe_offsets_error or offsets_error,
+        vocabulary=vocabulary(btf),
         kprobes=has_kprobes(tracefs),
     )
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
-from oomtrace.features import KernelFeatures, page_size
+from oomtrace.features import KernelFeatures, find_symbol, page_size
 from oomtrace.records import REC_KINDS
 from oomtrace.sigdefs import signal_mask
 
@@ -74,13 +74,24 @@ class Plan:
     defines: dict[str, str]
     missing: dict[str, str] = field(default_factory=dict)
     kernel_source: Path | None = None  # BCC_KERNEL_SOURCE, when the kernel has no headers
+    kprobe_symbol: str | None = None
+    requested_tier: str = "auto"
 
     @property
     def hooks(self) -> list[str]:
         return [hook for program in self.programs for hook in program.hooks]
 
 
-def plan(features: KernelFeatures, *, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES) -> Plan:
+KPROBE_PROGRAM: Final = Program(
+    "oom_kill", "oom_kill.bpf.c", ("kprobe:oom_kill_process",), required=False, tier="kprobe"
+)
+
+
+def plan(
+    features: KernelFeatures, *, tier: str = "auto", ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
+) -> Plan:
+    """What to load. tier "kprobe" fails when the kprobe cannot be had; "auto" falls
+    back to the tracepoint tier and says why."""
     if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
     defines = {
@@ -90,6 +101,7 @@ def plan(features: KernelFeatures, *, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
     missing: dict[str, str] = {}
     if features.offsets is not None:
         defines |= features.offsets.defines()
+        defines["OOMTRACE_HAVE_TASK_OFFSETS"] = "1"
     else:
         missing["task_struct fields"] = (
             f"{features.offsets_error}; ppid, start time, memcg and oom_score_adj "
@@ -110,13 +122,41 @@ def plan(features: KernelFeatures, *, ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
             missing[program.name] = reason
             continue
         programs.append(program)
+
+    chosen = "tracepoint"
+    kprobe_symbol: str | None = None
+    if tier != "tracepoint":
+        why_not = _kprobe_unavailable(features)
+        if why_not is None:
+            kprobe_symbol = find_symbol("oom_kill_process")
+            if kprobe_symbol is None:
+                why_not = "oom_kill_process is not in /proc/kallsyms (inlined or renamed)"
+        if why_not is not None:
+            if tier == "kprobe":
+                raise LoadError(f"--tier kprobe: {why_not}")
+            missing[KPROBE_PROGRAM.hooks[0]] = why_not
+        else:
+            assert features.kprobe_offsets is not None
+            defines |= features.kprobe_offsets.defines()
+            programs.append(KPROBE_PROGRAM)
+            chosen = "kprobe"
     return Plan(
-        tier="tracepoint",
+        tier=chosen,
         programs=programs,
         defines=defines,
         missing=missing,
         kernel_source=None if features.headers else bpf_dir() / "include",
+        kprobe_symbol=kprobe_symbol,
+        requested_tier=tier,
     )
+
+
+def _kprobe_unavailable(features: KernelFeatures) -> str | None:
+    if not features.kprobes:
+        return "the kernel has no kprobes (CONFIG_KPROBES is off)"
+    if features.offsets is None or features.kprobe_offsets is None:
+        return features.kprobe_offsets_error or "no BTF to learn struct oom_control from"
+    return None
 
 
 def assemble(p: Plan) -> str:
@@ -182,7 +222,21 @@ class Probes:
                     + (f"\n{detail}" if detail else "")
                 ) from exc
             self.compiler_output = _rewound(compiler_output)
+        if p.kprobe_symbol is not None:
+            self._attach_kprobe(p, p.kprobe_symbol)
         self.set_signals(signals)
+
+    def _attach_kprobe(self, p: Plan, symbol: str) -> None:
+        try:
+            self._bpf.attach_kprobe(event=symbol, fn_name="oomtrace_oom_kill_process")
+        except Exception as exc:
+            # The kernel may refuse (e.g. the symbol is on its kprobe blacklist).
+            if p.requested_tier == "kprobe":
+                self._bpf.cleanup()
+                raise LoadError(f"--tier kprobe: attaching to {symbol} failed: {exc}") from exc
+            p.missing[KPROBE_PROGRAM.hooks[0]] = f"attaching to {symbol} failed: {exc}"
+            p.programs.remove(KPROBE_PROGRAM)
+            p.tier = "tracepoint"
 
     def set_signals(self, signals: frozenset[int]) -> None:
         table = self._bpf["traced_signals"]

@@ -47,7 +47,7 @@ def _probe() -> features.KernelFeatures:
 def print_ebpf(settings: Settings) -> int:
     kernel = _probe()
     try:
-        p = plan(kernel, ringbuf_pages=settings.ringbuf_pages)
+        p = plan(kernel, tier=settings.tier, ringbuf_pages=settings.ringbuf_pages)
     except (LoadError, ValueError) as exc:
         fail(str(exc))
     sys.stdout.write(assemble(p))
@@ -72,7 +72,7 @@ def run(settings: Settings) -> int:
     check_privileges()
     kernel = _probe()
     try:
-        p = plan(kernel, ringbuf_pages=settings.ringbuf_pages)
+        p = plan(kernel, tier=settings.tier, ringbuf_pages=settings.ringbuf_pages)
         probes = Probes(p, settings.signals)
     except LoadError as exc:
         fail(str(exc))
@@ -82,7 +82,7 @@ def run(settings: Settings) -> int:
         logger.warning("hook_unavailable", hook=hook, reason=reason)
     names = settings.cri_endpoint != "none"
     k8s = CriResolver(settings.cri_endpoint if names else None, names=names)
-    agent = Agent(settings, probes, _sinks(settings), k8s=k8s)
+    agent = Agent(settings, probes, _sinks(settings), k8s=k8s, vocabulary=kernel.vocabulary)
     signal.signal(signal.SIGINT, agent.request_stop)
     signal.signal(signal.SIGTERM, agent.request_stop)
     try:

@@ -24,6 +24,7 @@ from oomtrace.correlate import Correlator, Kill
 from oomtrace.cri.resolver import CriResolver
 from oomtrace.enrich.cgroupfs import CgroupPaths
 from oomtrace.events import Clock, Event, EventBuilder
+from oomtrace.features import KernelVocabulary
 from oomtrace.probes import Probes
 from oomtrace.records import KIND_NAMES, DecodeError, RecordDecoder
 from oomtrace.sinks import Sink
@@ -81,6 +82,7 @@ class Agent:
         *,
         paths: CgroupPaths | None = None,
         k8s: CriResolver | None = None,
+        vocabulary: KernelVocabulary | None = None,
         on_ready: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
@@ -92,7 +94,7 @@ class Agent:
         self.capture = Capture(self.paths, on_new_container=k8s.nudge if k8s else None)
         self.correlator = Correlator(exit_wait_ns=int(settings.exit_wait * 1e9))
         self.clock = Clock()
-        self.builder = EventBuilder(self.capture, self.clock, probes.plan.tier, k8s)
+        self.builder = EventBuilder(self.capture, self.clock, probes.plan.tier, k8s, vocabulary)
         self.filter = EventFilter(settings.pids, settings.cgroups)
         self.decoder = RecordDecoder()
         self.counters = Counters()
