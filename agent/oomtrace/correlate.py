@@ -32,6 +32,9 @@ from oomtrace.sigdefs import SI_KERNEL, SIGKILL
 
 DEFAULT_WINDOW_NS: Final = 50_000_000
 DEFAULT_EXIT_WAIT_NS: Final = 5_000_000_000
+# Members of one memory.oom.group kill are marked microseconds apart; a victim
+# that exited before a mark at least this much later ended the earlier run.
+CLOSED_GAP_NS: Final = 2_000_000
 
 
 @dataclass(slots=True)
@@ -141,7 +144,7 @@ class Correlator:
             k for k in self._pending.values() if now_ns >= k.deadline_ns and not self._is_held(k)
         ]
         for kill in expired:
-            if kill.exit is None and (kill.expects_deliver or kill.kind == "oom_kill"):
+            if kill.exit is None and kill.expects_deliver:
                 kill.exit_timed_out = True
             self._release(kill)
         done.extend(expired)
@@ -196,7 +199,12 @@ class Correlator:
 
     def _on_mark(self, rec: MarkVictimRecord) -> list[Kill]:
         ctx = self._live_context(rec.trigger.tid, rec.ktime_ns)
-        if ctx is None or (ctx.kprobe is None and ctx.victims > 0 and ctx.closed):
+        if ctx is None or (
+            ctx.kprobe is None
+            and ctx.victims > 0
+            and ctx.closed
+            and rec.ktime_ns - ctx.last_ktime_ns > CLOSED_GAP_NS
+        ):
             ctx = self._open_context(rec.trigger, rec.ktime_ns, kprobe=None)
         group_member = ctx.victims > 0
         ctx.last_ktime_ns = rec.ktime_ns
@@ -211,7 +219,8 @@ class Correlator:
                 ktime_ns=rec.ktime_ns,
                 victim_tid=rec.victim_tid,
                 victim_comm=rec.victim_comm or "",
-                deadline_ns=rec.ktime_ns + self.exit_wait_ns,
+                # Without a kernel pending entry no deliver or exit record comes.
+                deadline_ns=rec.ktime_ns + self.window_ns,
                 expects_deliver=False,
             )
             evicted = self._add(kill)

@@ -17,6 +17,10 @@ def _mib(value: object) -> str:
     return f"{value / 1048576:.1f} MiB"
 
 
+def _value(value: object) -> str:
+    return "?" if value is None else str(value)
+
+
 def _kb(value: object) -> str:
     return f"{value} kB" if isinstance(value, int) else "?"
 
@@ -57,7 +61,7 @@ def _oom_lines(event: Event) -> list[str]:
     oom = event.get("oom") or {}
     mem = victim.get("memory") or {}
     lines = [
-        f"  victim   {_who(victim)}  oom_score_adj {victim.get('oom_score_adj')}  "
+        f"  victim   {_who(victim)}  oom_score_adj {_value(victim.get('oom_score_adj'))}  "
         f"anon {_kb(mem.get('anon_rss_kb'))}  file {_kb(mem.get('file_rss_kb'))}  "
         f"shmem {_kb(mem.get('shmem_rss_kb'))}",
         f"           cgroup {victim.get('cgroup') or '?'}",

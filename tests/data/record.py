@@ -3,11 +3,13 @@
 Re-record (as root, from the top of the source tree; it provokes real OOM kills
 inside a 64 MiB memory cgroup, never node-wide):
 
-    sudo .venv/bin/python tests/data/record.py
+    sudo .venv/bin/python tests/data/record.py [--out PATH]
 
-It loads the real probes exactly as the agent does (tracepoint tier, traced
-signals SIGKILL and SIGTERM) and writes ``tests/data/records-<major.minor>.jsonl``,
-one JSON object per record, in ring-buffer order:
+It loads the real probes as the agent does, pinned to the tracepoint tier (the
+one every kernel has; the kprobe tier would add an oom_kill record before each
+OOM's signal), with SIGKILL and SIGTERM traced, and writes
+``tests/data/records-<major.minor>.jsonl`` (or PATH), one JSON object per record,
+in ring-buffer order:
 
     {"scenario": "<name>", "hex": "<the record's bytes>"}
 
@@ -26,6 +28,7 @@ the node does meanwhile is left out.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import signal
@@ -54,7 +57,7 @@ class Recorder:
         from oomtrace import features, probes
 
         tracefs = features.find_tracefs(mount=True)
-        plan = probes.plan(features.probe_kernel(tracefs))
+        plan = probes.plan(features.probe_kernel(tracefs), tier="tracepoint")
         self.probes = probes.Probes(plan, frozenset({signal.SIGKILL, signal.SIGTERM}))
         self.raw: list[bytes] = []
         self.probes.open(self.raw.append)
@@ -86,6 +89,8 @@ class Recorder:
                 keep = rec.target_tid in pids
             elif isinstance(rec, records.MarkVictimRecord):
                 keep = rec.victim_tid in pids or rec.trigger.tgid in pids
+            elif isinstance(rec, records.OomKillRecord):
+                keep = rec.victim_tgid in pids or rec.trigger.tgid in pids
             elif isinstance(rec, records.DeliverRecord | records.ExitRecord):
                 keep = rec.victim.tgid in pids
             else:
@@ -134,6 +139,10 @@ def _kill_sleep(sig: str, expected: int) -> Callable[[set[int], set[str]], None]
 
 
 def main() -> None:
+    release = ".".join(platform.release().split(".")[:2])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--out", type=Path, default=HERE / f"records-{release}.jsonl")
+    out: Path = parser.parse_args().out
     sys.path.insert(0, str(ROOT))
     recorder = Recorder()
     lines: list[dict[str, str]] = []
@@ -142,8 +151,6 @@ def main() -> None:
     lines += recorder.run("sigkill", _kill_sleep("KILL", signal.SIGKILL))
     lines += recorder.run("sigterm", _kill_sleep("TERM", signal.SIGTERM))
     recorder.probes.close()
-    release = ".".join(platform.release().split(".")[:2])
-    out = HERE / f"records-{release}.jsonl"
     out.write_text("".join(json.dumps(line) + "\n" for line in lines))
     print(f"wrote {len(lines)} records to {out}", file=sys.stderr)
 
