@@ -124,6 +124,24 @@ static __always_inline void oomtrace_read_task_struct(const void *task, struct o
 		v->flags |= OOMTRACE_TASK_READ_FAILED;
 }
 
+/* Any task, not only the current one: identity from task_struct itself. The
+ * cgroup v2 id is that of css_set->dfl_cgrp; uid is left to userspace. */
+static __always_inline void oomtrace_read_task(const void *task, struct oomtrace_task_view *v)
+{
+	u32 failed = 0;
+	bpf_probe_read_kernel(&v->tid, sizeof(v->tid), (const char *)task + OFF_TASK_PID);
+	bpf_probe_read_kernel(&v->tgid, sizeof(v->tgid), (const char *)task + OFF_TASK_TGID);
+	bpf_probe_read_kernel_str(v->comm, sizeof(v->comm), (const char *)task + OFF_TASK_COMM);
+	const void *cset = oomtrace_read_ptr(task, OFF_TASK_CGROUPS, &failed);
+	const void *dfl = cset ? oomtrace_read_ptr(cset, OFF_CSS_SET_DFL_CGRP, &failed) : 0;
+	const void *kn = dfl ? oomtrace_read_ptr(dfl, OFF_CGROUP_KN, &failed) : 0;
+	if (kn)
+		bpf_probe_read_kernel(&v->cgroup_id, sizeof(v->cgroup_id), (const char *)kn + OFF_KERNFS_NODE_ID);
+	oomtrace_read_task_struct(task, v);
+	if (failed)
+		v->flags |= OOMTRACE_TASK_READ_FAILED;
+}
+
 /* Usage and limit of the memcg whose css is `css`, in pages. */
 static __always_inline void oomtrace_read_memcg_counter(const void *css, u64 *usage, u64 *max)
 {

@@ -33,6 +33,13 @@
 #define OOMTRACE_TASK_NO_OFFSETS 1 /* no BTF offsets: only BPF helper fields are set */
 #define OOMTRACE_TASK_READ_FAILED 2
 
+/* Values of info_kind. SEND_SIG_NOINFO is what in-kernel senders without a
+ * siginfo pass: cgroup.kill among them; kill(2) always passes a siginfo. */
+#define OOMTRACE_INFO_UNKNOWN 0 /* the plain tracepoint does not say */
+#define OOMTRACE_INFO_NOINFO 1  /* SEND_SIG_NOINFO: si_code SI_USER, sent from inside the kernel */
+#define OOMTRACE_INFO_PRIV 2    /* SEND_SIG_PRIV: si_code SI_KERNEL */
+#define OOMTRACE_INFO_SIGINFO 3 /* a real siginfo: kill(2), tgkill(2), faults, ... */
+
 /* Values of mark_victim_layout. */
 #define OOMTRACE_MARK_VICTIM_PID_ONLY 0 /* before v6.9 (and its stable backports) */
 #define OOMTRACE_MARK_VICTIM_FULL 1     /* comm, rss fields, uid, pgtables, oom_score_adj */
@@ -77,6 +84,15 @@ struct oomtrace_signal_rec {
 	__s32 group; /* 1: sent to the whole thread group */
 	__s32 result; /* 0 delivered, 1 ignored, 2 already pending, 3/4 overflow */
 	char target_comm[OOMTRACE_COMM_LEN];
+	/* The target as the kernel knew it when the signal was generated (raw
+	 * tracepoint with BTF offsets; zero otherwise, see target_flags). */
+	__u32 target_tgid;
+	__u32 info_kind; /* OOMTRACE_INFO_*: how the kernel was handed the siginfo */
+	__u64 target_start_ns;
+	__u64 target_cgroup_id;
+	__u64 target_memcg_id;
+	__s32 target_oom_score_adj;
+	__u32 target_flags;
 };
 
 /* The OOM killer marked a victim; the current task is the trigger. */

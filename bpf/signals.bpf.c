@@ -7,7 +7,8 @@
  * kernel/exit.c):
  *  - signal:signal_generate fires in the sender's context; its pid/comm are
  *    the TARGET thread's. The OOM killer's SIGKILL has code SI_KERNEL and is
- *    sent from the task whose allocation failed.
+ *    sent from the task whose allocation failed. With BTF offsets the raw
+ *    tracepoint is used instead, to read the target task itself.
  *  - signal:signal_deliver fires in the receiving thread. A group SIGKILL
  *    (and any fatal signal) shows as SIGKILL in every thread, with no sender:
  *    it only tells which process received a kill we saw generated.
@@ -37,18 +38,22 @@ BPF_TABLE("lru_hash", u32, struct oomtrace_pending, pending_signals, 16384);
 /* Delivered, exit not yet seen: keyed by tgid. */
 BPF_TABLE("lru_hash", u32, struct oomtrace_pending, dying, 16384);
 
-TRACEPOINT_PROBE(signal, signal_generate)
+static __always_inline bool oomtrace_signal_traced(int sig)
 {
-	int sig = args->sig;
 	u32 zero = 0;
 	u64 *mask;
 
 	if (sig <= 0 || sig >= 64)
-		return 0;
+		return false;
 	mask = traced_signals.lookup(&zero);
-	if (!mask || !(*mask & (1ULL << sig)))
-		return 0;
+	return mask && (*mask & (1ULL << sig));
+}
 
+/* `target` holds at least tid and comm; with BTF, the whole task. */
+static __always_inline int oomtrace_signal_generated(int sig, int errno_value, int code, int group,
+						     int result, u32 info_kind,
+						     const struct oomtrace_task_view *target)
+{
 	struct oomtrace_task_view sender = {};
 	oomtrace_read_current(&sender);
 	/* The record and the pending entry share this timestamp: with the
@@ -57,13 +62,13 @@ TRACEPOINT_PROBE(signal, signal_generate)
 
 	/* Only a queued signal can be delivered; "ignored" and "already
 	 * pending" results still go to userspace, but wait for nothing. */
-	if (args->result == 0) {
+	if (result == 0) {
 		struct oomtrace_pending p = {};
-		u32 target = args->pid;
+		u32 key = target->tid;
 		p.ktime_ns = now;
 		p.sender_tgid = sender.tgid;
 		p.sig = sig;
-		pending_signals.update(&target, &p);
+		pending_signals.update(&key, &p);
 	}
 
 	struct oomtrace_signal_rec *r = oomtrace_reserve(sizeof(*r), OOMTRACE_REC_SIGNAL);
@@ -71,16 +76,73 @@ TRACEPOINT_PROBE(signal, signal_generate)
 		return 0;
 	r->ktime_ns = now;
 	OOMTRACE_STORE_TASK(r, sender, &sender);
-	r->target_tid = args->pid;
+	r->target_tid = target->tid;
 	r->sig = sig;
-	r->errno_value = args->errno;
-	r->code = args->code;
-	r->group = args->group;
-	r->result = args->result;
-	__builtin_memcpy(r->target_comm, args->comm, OOMTRACE_COMM_LEN);
+	r->errno_value = errno_value;
+	r->code = code;
+	r->group = group;
+	r->result = result;
+	__builtin_memcpy(r->target_comm, target->comm, OOMTRACE_COMM_LEN);
+	r->target_tgid = target->tgid;
+	r->info_kind = info_kind;
+	r->target_start_ns = target->start_ns;
+	r->target_cgroup_id = target->cgroup_id;
+	r->target_memcg_id = target->memcg_id;
+	r->target_oom_score_adj = target->oom_score_adj;
+	r->target_flags = target->flags;
 	events.ringbuf_submit(r, 0);
 	return 0;
 }
+
+#ifdef OOMTRACE_HAVE_TASK_OFFSETS
+/*
+ * The raw tracepoint (v4.17) passes what the plain one hides:
+ * (int sig, struct kernel_siginfo *info, struct task_struct *task, int group,
+ * int result). The target task gives the victim's process, start time and
+ * cgroups even if it never runs again; `info` tells kill(2) (a real siginfo)
+ * from in-kernel senders such as cgroup.kill (SEND_SIG_NOINFO, i.e. NULL).
+ * kernel_siginfo starts with si_signo, si_errno, si_code (three ints).
+ */
+RAW_TRACEPOINT_PROBE(signal_generate)
+{
+	int sig = (int)ctx->args[0];
+	const void *info = (const void *)ctx->args[1];
+	int errno_value = 0, code = 0;
+	u32 info_kind;
+
+	if (!oomtrace_signal_traced(sig))
+		return 0;
+	if (info == 0) {
+		info_kind = OOMTRACE_INFO_NOINFO;
+		code = 0; /* SI_USER */
+	} else if (info == (const void *)1) {
+		info_kind = OOMTRACE_INFO_PRIV;
+		code = 0x80; /* SI_KERNEL */
+	} else {
+		info_kind = OOMTRACE_INFO_SIGINFO;
+		bpf_probe_read_kernel(&errno_value, sizeof(errno_value), (const char *)info + 4);
+		bpf_probe_read_kernel(&code, sizeof(code), (const char *)info + 8);
+	}
+	struct oomtrace_task_view target = {};
+	oomtrace_read_task((const void *)ctx->args[2], &target);
+	return oomtrace_signal_generated(sig, errno_value, code, (int)ctx->args[3], (int)ctx->args[4],
+					 info_kind, &target);
+}
+#else
+TRACEPOINT_PROBE(signal, signal_generate)
+{
+	int sig = args->sig;
+
+	if (!oomtrace_signal_traced(sig))
+		return 0;
+	struct oomtrace_task_view target = {};
+	target.tid = args->pid;
+	target.flags = OOMTRACE_TASK_NO_OFFSETS;
+	__builtin_memcpy(target.comm, args->comm, OOMTRACE_COMM_LEN);
+	return oomtrace_signal_generated(sig, args->errno, args->code, args->group, args->result,
+					 OOMTRACE_INFO_UNKNOWN, &target);
+}
+#endif
 
 TRACEPOINT_PROBE(signal, signal_deliver)
 {

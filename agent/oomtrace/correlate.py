@@ -71,11 +71,15 @@ class Kill:
 
     @property
     def victim(self) -> Task | None:
-        """The victim as seen in its own context, once it received the signal."""
+        """The victim as the kernel saw it: in its own context once it received
+        the signal, else from the signal's target task."""
         if self.exit is not None:
             return self.exit.victim
         if self.deliver is not None:
             return self.deliver.victim
+        if self.signal is not None:
+            # Read from the target task_struct when the signal was generated.
+            return self.signal.target
         return None
 
     @property

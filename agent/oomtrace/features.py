@@ -21,6 +21,7 @@ BTF_VMLINUX: Final = Path("/sys/kernel/btf/vmlinux")
 
 # task_struct walk of common.bpf.h: macro name -> (struct, member path).
 TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
+    "OFF_TASK_PID": ("task_struct", "pid"),
     "OFF_TASK_TGID": ("task_struct", "tgid"),
     "OFF_TASK_COMM": ("task_struct", "comm"),
     "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
@@ -31,6 +32,7 @@ TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
     "OFF_TASK_EXIT_CODE": ("task_struct", "exit_code"),
     "OFF_SIGNAL_OOM_SCORE_ADJ": ("signal_struct", "oom_score_adj"),
     "OFF_CSS_SET_SUBSYS": ("css_set", "subsys"),
+    "OFF_CSS_SET_DFL_CGRP": ("css_set", "dfl_cgrp"),
     "OFF_CSS_CGROUP": ("cgroup_subsys_state", "cgroup"),
     "OFF_CGROUP_KN": ("cgroup", "kn"),
     "OFF_KERNFS_NODE_ID": ("kernfs_node", "id"),
@@ -44,7 +46,6 @@ TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
 
 # oom_kill_process(struct oom_control *oc, ...) as read by bpf/oom_kill.bpf.c.
 KPROBE_OFFSETS: Final[dict[str, tuple[str, str]]] = {
-    "OFF_TASK_PID": ("task_struct", "pid"),
     "OFF_OC_MEMCG": ("oom_control", "memcg"),
     "OFF_OC_GFP_MASK": ("oom_control", "gfp_mask"),
     "OFF_OC_ORDER": ("oom_control", "order"),

@@ -37,6 +37,11 @@ KIND_NAMES: Final = {
 TASK_NO_OFFSETS: Final = 1
 TASK_READ_FAILED: Final = 2
 
+INFO_UNKNOWN: Final = 0
+INFO_NOINFO: Final = 1
+INFO_PRIV: Final = 2
+INFO_SIGINFO: Final = 3
+
 MARK_VICTIM_PID_ONLY: Final = 0
 MARK_VICTIM_FULL: Final = 1
 
@@ -76,6 +81,13 @@ class RawSignal(ctypes.Structure):
         ("group", _s32),
         ("result", _s32),
         ("target_comm", _comm),
+        ("target_tgid", _u32),
+        ("info_kind", _u32),
+        ("target_start_ns", _u64),
+        ("target_cgroup_id", _u64),
+        ("target_memcg_id", _u64),
+        ("target_oom_score_adj", _s32),
+        ("target_flags", _u32),
     ]
 
 
@@ -223,6 +235,9 @@ class SignalRecord:
     code: int
     group: bool
     result: int
+    info_kind: int = INFO_UNKNOWN
+    # The target task read in the kernel at generate time (raw tracepoint).
+    target: Task | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +342,24 @@ def _signal(r: RawSignal) -> SignalRecord:
         code=r.code,
         group=bool(r.group),
         result=r.result,
+        info_kind=r.info_kind,
+        target=None if r.target_flags & TASK_NO_OFFSETS else _target(r),
+    )
+
+
+def _target(r: RawSignal) -> Task:
+    return Task(
+        tid=r.target_tid,
+        tgid=r.target_tgid,
+        ppid=0,
+        uid=0,
+        start_ns=r.target_start_ns,
+        cgroup_id=r.target_cgroup_id,
+        memcg_id=r.target_memcg_id,
+        oom_score_adj=r.target_oom_score_adj,
+        flags=r.target_flags,
+        comm=_text(r.target_comm),
+        parent_comm="",
     )
 
 

@@ -84,7 +84,7 @@ def test_every_record_kind_has_a_mirror() -> None:
 
 
 DEFINE = re.compile(r"^#define\s+OOMTRACE_(\w+)\s+(\d+)\b", re.M)
-PREFIXES = ("REC_", "COMM_LEN", "CGROUP_PATH_LEN", "MEMCG_LEVELS", "TASK_", "MARK_VICTIM_")
+PREFIXES = ("REC_", "COMM_LEN", "CGROUP_PATH_LEN", "MEMCG_LEVELS", "TASK_", "MARK_VICTIM_", "INFO_")
 
 
 def _header_constants() -> dict[str, int]:
