@@ -125,13 +125,16 @@ static __always_inline void oomtrace_read_task_struct(const void *task, struct o
 }
 
 /* Any task, not only the current one: identity from task_struct itself. The
- * cgroup v2 id is that of css_set->dfl_cgrp; uid is left to userspace. */
+ * cgroup v2 id is that of css_set->dfl_cgrp, the uid the real_cred's. */
 static __always_inline void oomtrace_read_task(const void *task, struct oomtrace_task_view *v)
 {
 	u32 failed = 0;
 	bpf_probe_read_kernel(&v->tid, sizeof(v->tid), (const char *)task + OFF_TASK_PID);
 	bpf_probe_read_kernel(&v->tgid, sizeof(v->tgid), (const char *)task + OFF_TASK_TGID);
 	bpf_probe_read_kernel_str(v->comm, sizeof(v->comm), (const char *)task + OFF_TASK_COMM);
+	const void *cred = oomtrace_read_ptr(task, OFF_TASK_REAL_CRED, &failed);
+	if (cred)
+		bpf_probe_read_kernel(&v->uid, sizeof(v->uid), (const char *)cred + OFF_CRED_UID);
 	const void *cset = oomtrace_read_ptr(task, OFF_TASK_CGROUPS, &failed);
 	const void *dfl = cset ? oomtrace_read_ptr(cset, OFF_CSS_SET_DFL_CGRP, &failed) : 0;
 	const void *kn = dfl ? oomtrace_read_ptr(dfl, OFF_CGROUP_KN, &failed) : 0;

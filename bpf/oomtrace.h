@@ -87,7 +87,9 @@ struct oomtrace_signal_rec {
 	/* The target as the kernel knew it when the signal was generated (raw
 	 * tracepoint with BTF offsets; zero otherwise, see target_flags). */
 	__u32 target_tgid;
-	__u32 info_kind; /* OOMTRACE_INFO_*: how the kernel was handed the siginfo */
+	__u32 target_uid;
+	__u32 info_kind;
+	__u32 pad0; /* OOMTRACE_INFO_*: how the kernel was handed the siginfo */
 	__u64 target_start_ns;
 	__u64 target_cgroup_id;
 	__u64 target_memcg_id;

@@ -84,7 +84,9 @@ static __always_inline int oomtrace_signal_generated(int sig, int errno_value, i
 	r->result = result;
 	__builtin_memcpy(r->target_comm, target->comm, OOMTRACE_COMM_LEN);
 	r->target_tgid = target->tgid;
+	r->target_uid = target->uid;
 	r->info_kind = info_kind;
+	r->pad0 = 0;
 	r->target_start_ns = target->start_ns;
 	r->target_cgroup_id = target->cgroup_id;
 	r->target_memcg_id = target->memcg_id;

@@ -9,6 +9,7 @@ key (tgid, start time): a pid that was reused by another process never matches.
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -190,6 +191,7 @@ class Capture:
             stat = memcg.read_memcg(hierarchy, path)
             if stat is None:
                 continue
+            stat["stat_read_after_kill_ms"] = round((time.monotonic_ns() - ktime_ns) / 1e6, 3)
             counter = by_path.get(path)
             if counter is not None:
                 _merge_counter(stat, counter, self._page_size)

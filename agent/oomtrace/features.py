@@ -30,6 +30,8 @@ TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
     "OFF_TASK_SIGNAL": ("task_struct", "signal"),
     "OFF_TASK_CGROUPS": ("task_struct", "cgroups"),
     "OFF_TASK_EXIT_CODE": ("task_struct", "exit_code"),
+    "OFF_TASK_REAL_CRED": ("task_struct", "real_cred"),
+    "OFF_CRED_UID": ("cred", "uid"),
     "OFF_SIGNAL_OOM_SCORE_ADJ": ("signal_struct", "oom_score_adj"),
     "OFF_CSS_SET_SUBSYS": ("css_set", "subsys"),
     "OFF_CSS_SET_DFL_CGRP": ("css_set", "dfl_cgrp"),

@@ -80,8 +80,12 @@ def test_hog_in_limited_memcg_gives_one_oom_kill(agent: AgentProcess, limited: M
     stat = oom["memcg_stat"]
     assert stat["limit_bytes"] == 64 * MiB
     assert 48 * MiB <= stat["usage_bytes"] <= 64 * MiB
+    assert stat["usage_source"] == "kernel_at_kill"
     assert stat["working_set_bytes"] <= stat["usage_bytes"]
-    assert stat["stat"]["anon"] > 32 * MiB
+    # memory.stat is read from files a little after the kill, while the victim's
+    # anon memory is being freed: present, not necessarily still at its peak.
+    assert {"anon", "file", "active_file", "inactive_file"} <= stat["stat"].keys()
+    assert 0 <= stat["stat_read_after_kill_ms"] < 1000
 
 
 def test_idle_holder_is_victim_and_allocator_is_trigger(
