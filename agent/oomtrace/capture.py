@@ -30,6 +30,9 @@ from oomtrace.records import (
 
 ProcessKey = tuple[int, int]  # (tgid, start time in /proc ticks)
 
+# Marks of one OOM run (the victim, oom.group members) share one holder scan.
+HOLDER_SCAN_WINDOW_NS: Final = 50_000_000
+
 MAX_SNAPSHOTS: Final = 4096
 
 
@@ -51,12 +54,24 @@ class MemcgCapture:
     kernel_saw_no_limit: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A process holding memory in the OOM's scope, right after the kill."""
+
+    pid: int
+    comm: str
+    rss_kb: int
+    oom_score_adj: int | None
+    cgroup: str | None
+
+
 class Capture:
     def __init__(
         self,
         paths: CgroupPaths,
         *,
         max_snapshots: int = MAX_SNAPSHOTS,
+        top_n: int = 5,
         on_new_container: Callable[[], None] | None = None,
     ) -> None:
         self.paths = paths
@@ -68,6 +83,10 @@ class Capture:
         self.orphan_chains: OrderedDict[ProcessKey, tuple[procfs.Parent, ...]] = OrderedDict()
         # Keyed by the mark_victim / oom_kill record's ktime.
         self.memcg_by_ktime: OrderedDict[int, MemcgCapture] = OrderedDict()
+        self.holders_by_ktime: OrderedDict[int, list[Holder]] = OrderedDict()
+        self.top_n = top_n
+        # One scan per OOM run: (trigger tid, ktime) of the last one.
+        self._last_scan: tuple[int, int, list[Holder]] | None = None
 
     def on_record(self, record: Record) -> None:
         if isinstance(record, SignalRecord):
@@ -76,11 +95,13 @@ class Capture:
         elif isinstance(record, MarkVictimRecord):
             self.task(record.trigger)
             self.thread(record.victim_tid, with_parents=True)
-            self._memcg(record.ktime_ns, record.trigger, record.trigger_memcgs, None)
+            mem = self._memcg(record.ktime_ns, record.trigger, record.trigger_memcgs, None)
+            self._holders(record.ktime_ns, record.trigger, mem)
         elif isinstance(record, OomKillRecord):
             self.task(record.trigger)
             self.thread(record.victim_tid, with_parents=True)
-            self._memcg(record.ktime_ns, record.trigger, (), record)
+            mem = self._memcg(record.ktime_ns, record.trigger, (), record)
+            self._holders(record.ktime_ns, record.trigger, mem)
         elif isinstance(record, CgroupRecord):
             self.paths.learn(record.hierarchy, record.cgroup_id, record.path)
             if self.on_new_container is not None:
@@ -159,10 +180,10 @@ class Capture:
         trigger: Task,
         counters: tuple[MemcgCounter, ...],
         kprobe: OomKillRecord | None,
-    ) -> None:
+    ) -> MemcgCapture | None:
         hierarchy = self.paths.memory
         if hierarchy is None:
-            return
+            return None
         trigger_memcg = self.paths.memcg_path(trigger.memcg_id) if trigger.memcg_id else None
         if trigger_memcg is None:
             snap = self.lookup(trigger.tid, trigger.tgid, trigger.start_ns)
@@ -197,15 +218,53 @@ class Capture:
                 _merge_counter(stat, counter, self._page_size)
             if path == oom_memcg or stat.get("limit_bytes"):
                 stats[path] = stat
-        self.memcg_by_ktime[ktime_ns] = MemcgCapture(
+        mem = MemcgCapture(
             trigger_memcg=trigger_memcg,
             oom_memcg=oom_memcg,
             source=source,
             stats=stats,
             kernel_saw_no_limit=bool(by_path) and oom_memcg is None and kprobe is None,
         )
+        self.memcg_by_ktime[ktime_ns] = mem
         while len(self.memcg_by_ktime) > self._max:
             self.memcg_by_ktime.popitem(last=False)
+        return mem
+
+    def _holders(self, ktime_ns: int, trigger: Task, mem: MemcgCapture | None) -> None:
+        """The top memory holders in the OOM's scope: the OOM memcg's subtree, or
+        the whole node when no memcg limit was hit."""
+        last = self._last_scan
+        if (
+            last is not None
+            and last[0] == trigger.tid
+            and ktime_ns - last[1] < HOLDER_SCAN_WINDOW_NS
+        ):
+            self.holders_by_ktime[ktime_ns] = last[2]
+            return
+        scope = mem.oom_memcg if mem is not None else None
+        hierarchy = self.paths.memory
+        where: dict[int, str] = {}
+        if scope is not None and hierarchy is not None:
+            where = memcg.subtree_pids(hierarchy, scope)
+            pids: list[int] = list(where)
+        else:
+            pids = procfs.all_pids()
+        holders = []
+        for h in procfs.top_memory_holders(pids, self.top_n):
+            snap = procfs.snapshot(h.pid, with_parents=False)
+            holders.append(
+                Holder(
+                    pid=h.pid,
+                    comm=h.comm,
+                    rss_kb=h.rss_kb,
+                    oom_score_adj=snap.oom_score_adj if snap else None,
+                    cgroup=where.get(h.pid) or (snap.memory_cgroup if snap else None),
+                )
+            )
+        self._last_scan = (trigger.tid, ktime_ns, holders)
+        self.holders_by_ktime[ktime_ns] = holders
+        while len(self.holders_by_ktime) > self._max:
+            self.holders_by_ktime.popitem(last=False)
 
 
 # PAGE_COUNTER_MAX is LONG_MAX / PAGE_SIZE; anything this large is "no limit".

@@ -11,16 +11,18 @@ import os
 import socket
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 from oomtrace import features
 from oomtrace.capture import Capture, MemcgCapture
+from oomtrace.classify import Rules, classify
 from oomtrace.correlate import Kill
 from oomtrace.enrich import memcg
 from oomtrace.enrich.procfs import Parent, ProcSnapshot
 from oomtrace.features import KernelVocabulary
 from oomtrace.records import OomKillRecord, Task
-from oomtrace.sigdefs import GENERATE_RESULTS, code_name, signal_name
+from oomtrace.sigdefs import GENERATE_RESULTS, code_name, kernel_generated, signal_name
 
 SCHEMA: Final = "oomtrace.event/v1"
 
@@ -59,14 +61,17 @@ class EventBuilder:
         capture: Capture,
         clock: Clock,
         tier: str,
+        *,
         k8s: K8sResolver | None = None,
         vocabulary: KernelVocabulary | None = None,
+        rules: Rules | None = None,
     ) -> None:
         self.capture = capture
         self.clock = clock
         self.tier = tier
         self.k8s = k8s
         self.vocabulary = vocabulary or features.vocabulary(None)
+        self.rules = rules or Rules()
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.hostname = socket.gethostname()
 
@@ -93,7 +98,8 @@ class EventBuilder:
             event["signal"] = {
                 "number": sig.sig,
                 "name": signal_name(sig.sig),
-                "code": code_name(sig.code),
+                "code": code_name(sig.code, sig.sig),
+                "from_kernel": kernel_generated(sig.code),
                 "errno": sig.errno,
                 "group": sig.group,
                 "result": GENERATE_RESULTS.get(sig.result, str(sig.result)),
@@ -109,8 +115,116 @@ class EventBuilder:
             assert kill.signal is not None
             event["sender"] = self._process(kill.signal.sender, parents=True, tty=True)
         self._kubernetes(event, errors)
+        if kill.kind == "oom_kill":
+            event["oom"]["top_holders"] = self._holders(kill, event["victim"], errors)
+            event["oom"]["victim_badness"] = self._badness(event)
+        classify(
+            event,
+            self.rules,
+            info_kind=kill.signal.info_kind if kill.signal else None,
+            node_wide=self._node_wide(kill),
+        )
         event["enrichment"] = {"errors": errors}
         return event
+
+    def _capture_key(self, kill: Kill) -> int | None:
+        ctx = kill.context
+        if ctx is not None and ctx.kprobe is not None:
+            return ctx.kprobe.ktime_ns
+        return kill.mark.ktime_ns if kill.mark is not None else None
+
+    def _node_wide(self, kill: Kill) -> bool:
+        """The kernel said no memcg limit was hit: a global (node) OOM."""
+        ctx = kill.context
+        if ctx is not None and ctx.kprobe is not None:
+            return ctx.kprobe.oom_memcg_id == 0
+        key = self._capture_key(kill)
+        mem = self.capture.memcg_by_ktime.get(key) if key is not None else None
+        return mem is not None and mem.kernel_saw_no_limit
+
+    def _holders(self, kill: Kill, victim: Event, errors: list[str]) -> list[Event]:
+        """The largest processes in the OOM's scope. They are read right after the
+        kill, when the victim's memory is already going: the victim is listed
+        with its size at the kill, as mark_victim reported it."""
+        key = self._capture_key(kill)
+        holders = self.capture.holders_by_ktime.get(key, []) if key is not None else []
+        out: list[Event] = [
+            {
+                "pid": h.pid,
+                "comm": h.comm,
+                "rss_kb": h.rss_kb,
+                "oom_score_adj": h.oom_score_adj,
+                "cgroup": h.cgroup,
+            }
+            for h in holders
+            if h.pid != victim.get("pid")
+        ]
+        memory = victim.get("memory") or {}
+        rss = sum(memory.get(k) or 0 for k in ("anon_rss_kb", "file_rss_kb", "shmem_rss_kb"))
+        if rss:
+            out.append(
+                {
+                    "pid": victim.get("pid"),
+                    "comm": victim.get("comm"),
+                    "rss_kb": rss,
+                    "oom_score_adj": victim.get("oom_score_adj"),
+                    "cgroup": victim.get("cgroup"),
+                    "victim": True,
+                }
+            )
+        out.sort(key=lambda h: -int(h["rss_kb"] or 0))
+        del out[self.capture.top_n :]
+        for h in out:
+            if h.get("victim"):
+                h["k8s"] = victim.get("k8s")
+                continue
+            k8s, problems = self.k8s.resolve(h["cgroup"]) if self.k8s else (None, [])
+            h["k8s"] = k8s
+            errors.extend(
+                f"top_holders: {p}" for p in problems if f"top_holders: {p}" not in errors
+            )
+        return out
+
+    def _badness(self, event: Event) -> Event | None:
+        """The victim's badness as oom_badness() computes it: rss + swap + page
+        tables, plus oom_score_adj thousandths of the pages the OOM was about."""
+        victim = event["victim"]
+        mem = victim.get("memory") or {}
+        adj = victim.get("oom_score_adj")
+        oom = event["oom"]
+        total_pages = oom.get("limit_pages")
+        if total_pages is None:
+            limit = (oom.get("memcg_stat") or {}).get("limit_bytes")
+            total_pages = limit // self.page_size if isinstance(limit, int) else None
+        if total_pages is None:
+            total_pages = self._node_pages()
+        kb_per_page = self.page_size // 1024
+        rss_kb = sum(mem.get(k) or 0 for k in ("anon_rss_kb", "file_rss_kb", "shmem_rss_kb"))
+        if not rss_kb or adj is None:
+            return None
+        rss = rss_kb // kb_per_page
+        pgtables = (mem.get("pgtables_kb") or 0) // kb_per_page
+        adj_pages = adj * total_pages // 1000 if total_pages else 0
+        return {
+            "rss_pages": rss,
+            "pgtables_pages": pgtables,
+            "oom_score_adj": adj,
+            "adj_pages": adj_pages,
+            "total_pages": total_pages,
+            "points": oom.get("chosen_points") if not event.get("group_kill") else None,
+            "points_estimate": rss + pgtables + adj_pages,
+        }
+
+    @staticmethod
+    def _node_pages() -> int | None:
+        """RAM + swap in pages: what a global OOM weighs oom_score_adj against."""
+        try:
+            text = Path("/proc/meminfo").read_text()
+            info = dict(line.split(":", 1) for line in text.splitlines())
+            kb = int(info["MemTotal"].split()[0]) + int(info["SwapTotal"].split()[0])
+        except (OSError, KeyError, ValueError):
+            return None
+        return kb * 1024 // os.sysconf("SC_PAGE_SIZE")
 
     def _kubernetes(self, event: Event, errors: list[str]) -> None:
         """Each process's pod and container, or null for a host process."""

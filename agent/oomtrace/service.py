@@ -94,7 +94,9 @@ class Agent:
         self.capture = Capture(self.paths, on_new_container=k8s.nudge if k8s else None)
         self.correlator = Correlator(exit_wait_ns=int(settings.exit_wait * 1e9))
         self.clock = Clock()
-        self.builder = EventBuilder(self.capture, self.clock, probes.plan.tier, k8s, vocabulary)
+        self.builder = EventBuilder(
+            self.capture, self.clock, probes.plan.tier, k8s=k8s, vocabulary=vocabulary
+        )
         self.filter = EventFilter(settings.pids, settings.cgroups)
         self.decoder = RecordDecoder()
         self.counters = Counters()

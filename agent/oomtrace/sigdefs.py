@@ -42,8 +42,30 @@ def signal_name(number: int) -> str:
         return f"SIG{number}"
 
 
-def code_name(code: int) -> str:
+# Positive si_codes mean "sent by the kernel" and are numbered per signal
+# (include/uapi/asm-generic/siginfo.h).
+_FAULT_CODES: Final[dict[int, tuple[str, ...]]] = {
+    4: ("ILL_ILLOPC", "ILL_ILLOPN", "ILL_ILLADR", "ILL_ILLTRP", "ILL_PRVOPC", "ILL_PRVREG",
+        "ILL_COPROC", "ILL_BADSTK", "ILL_BADIADDR"),
+    5: ("TRAP_BRKPT", "TRAP_TRACE", "TRAP_BRANCH", "TRAP_HWBKPT", "TRAP_UNK", "TRAP_PERF"),
+    7: ("BUS_ADRALN", "BUS_ADRERR", "BUS_OBJERR", "BUS_MCEERR_AR", "BUS_MCEERR_AO"),
+    8: ("FPE_INTDIV", "FPE_INTOVF", "FPE_FLTDIV", "FPE_FLTOVF", "FPE_FLTUND", "FPE_FLTRES",
+        "FPE_FLTINV", "FPE_FLTSUB", "FPE_FLTUNK", "FPE_CONDTRAP"),
+    11: ("SEGV_MAPERR", "SEGV_ACCERR", "SEGV_BNDERR", "SEGV_PKUERR", "SEGV_ACCADI",
+         "SEGV_ADIDERR", "SEGV_ADIPERR", "SEGV_MTEAERR", "SEGV_MTESERR", "SEGV_CPERR"),
+}  # fmt: skip
+
+
+def code_name(code: int, sig: int | None = None) -> str:
+    names = _FAULT_CODES.get(sig or 0, ())
+    if 0 < code <= len(names):
+        return names[code - 1]
     return SI_CODES.get(code, str(code))
+
+
+def kernel_generated(code: int) -> bool:
+    """si_code > 0: the kernel sent it (SI_KERNEL or a fault); <= 0: a process did."""
+    return code > 0
 
 
 def parse_signal(text: str) -> int:

@@ -318,7 +318,9 @@ class Containerd:
         name: str,
         argv: list[str],
         memory_limit_bytes: int | None = None,
+        *,
         attempt: int = 0,
+        oom_score_adj: int | None = None,
     ) -> Container:
         labels = {
             "io.kubernetes.container.name": name,
@@ -329,6 +331,9 @@ class Containerd:
         resources = api_pb2.LinuxContainerResources(cpu_period=100000, cpu_shares=2)
         if memory_limit_bytes is not None:
             resources.memory_limit_in_bytes = memory_limit_bytes
+        if oom_score_adj is not None:
+            # As the kubelet sets it per QoS class (BestEffort: 1000).
+            resources.oom_score_adj = oom_score_adj
         config = api_pb2.ContainerConfig(
             metadata=api_pb2.ContainerMetadata(name=name, attempt=attempt),
             image=api_pb2.ImageSpec(image=IMAGE),

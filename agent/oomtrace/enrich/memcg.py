@@ -6,7 +6,7 @@ import os
 
 from oomtrace.enrich.cgroupfs import Hierarchy
 
-__all__ = ["ancestry", "common_ancestor", "limited_ancestor", "read_memcg"]
+__all__ = ["ancestry", "common_ancestor", "limited_ancestor", "read_memcg", "subtree_pids"]
 
 # "No limit": v2 shows "max"; v1 shows PAGE_COUNTER_MAX pages in bytes (LONG_MAX rounded down
 # to a page, 9223372036854771712 with 4 KiB pages). Nobody sets a real limit this high.
@@ -204,3 +204,29 @@ def common_ancestor(a: str, b: str) -> str:
             break
         common.append(x)
     return "/" + "/".join(common)
+
+
+def subtree_pids(hierarchy: Hierarchy, path: str) -> dict[int, str]:
+    """Every process in the memcg at ``path`` and below it, with the memcg it is in.
+
+    A dying process's /proc/<pid>/cgroup may already read "/", so the directory
+    a pid was listed in is the reliable answer here.
+    """
+    top = hierarchy.dir_of(path)
+    if top is None:
+        return {}
+    base = path.rstrip("/")
+    pids: dict[int, str] = {}
+    for dirpath, _dirs, files in os.walk(top):
+        if "cgroup.procs" not in files:
+            continue
+        rel = os.path.relpath(dirpath, top)
+        where = base if rel == "." else f"{base}/{rel}"
+        try:
+            with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                for line in f:
+                    if line.strip():
+                        pids[int(line)] = where or "/"
+        except (OSError, ValueError):
+            continue
+    return pids

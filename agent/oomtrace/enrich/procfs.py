@@ -300,3 +300,8 @@ def top_memory_holders(pids: Iterable[int], n: int) -> list[MemoryHolder]:
             MemoryHolder(pid=pid, comm=stat.comm, rss_kb=int(fields[1]) * PAGE_SIZE // 1024)
         )
     return heapq.nlargest(n, holders, key=lambda h: h.rss_kb)
+
+
+def all_pids() -> list[int]:
+    """Every process on the node (as this pid namespace sees it)."""
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
