@@ -95,6 +95,9 @@ struct oomtrace_signal_rec {
 	__u64 target_memcg_id;
 	__s32 target_oom_score_adj;
 	__u32 target_flags;
+	/* The sender's controlling terminal (tty_struct.name, e.g. "pts3"), read
+	 * in the kernel: a person's short-lived kill(1) is gone before /proc. */
+	char sender_tty[OOMTRACE_COMM_LEN];
 };
 
 /* The OOM killer marked a victim; the current task is the trigger. */

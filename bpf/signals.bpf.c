@@ -92,6 +92,14 @@ static __always_inline int oomtrace_signal_generated(int sig, int errno_value, i
 	r->target_memcg_id = target->memcg_id;
 	r->target_oom_score_adj = target->oom_score_adj;
 	r->target_flags = target->flags;
+	r->sender_tty[0] = 0;
+#ifdef OOMTRACE_HAVE_TASK_OFFSETS
+	u32 failed = 0;
+	const void *sig_struct = oomtrace_read_ptr((const void *)bpf_get_current_task(), OFF_TASK_SIGNAL, &failed);
+	const void *tty = sig_struct ? oomtrace_read_ptr(sig_struct, OFF_SIGNAL_TTY, &failed) : 0;
+	if (tty)
+		bpf_probe_read_kernel_str(r->sender_tty, sizeof(r->sender_tty), (const char *)tty + OFF_TTY_NAME);
+#endif
 	events.ringbuf_submit(r, 0);
 	return 0;
 }

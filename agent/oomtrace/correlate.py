@@ -28,7 +28,7 @@ from oomtrace.records import (
     SignalRecord,
     Task,
 )
-from oomtrace.sigdefs import SI_KERNEL, SIGKILL
+from oomtrace.sigdefs import SI_KERNEL, SIGKILL, fatal_by_default
 
 DEFAULT_WINDOW_NS: Final = 50_000_000
 DEFAULT_EXIT_WAIT_NS: Final = 5_000_000_000
@@ -242,9 +242,10 @@ class Correlator:
             self.stats.unmatched_deliver += 1
             return []
         kill.deliver = rec
-        # A fatal signal turns into SIGKILL for every thread of the group; any
-        # other delivered signal (handled, stop) does not end the process.
-        if rec.sig != SIGKILL and kill.kind == "signal":
+        # A fatal signal turns into SIGKILL for every thread of the group, and a
+        # fault (SIGSEGV) left at its default action ends the process too; a
+        # handled, ignored or stopping signal does not.
+        if not _ends_process(rec) and kill.kind == "signal":
             del self._by_signal[(rec.kill_ktime_ns, rec.kill_sender_tgid)]
             if not self._is_held(kill):
                 self._release(kill)
@@ -325,7 +326,9 @@ class Correlator:
     def _complete(kill: Kill) -> bool:
         if kill.exit is not None:
             return True
-        return kill.deliver is not None and kill.deliver.sig != SIGKILL and kill.kind == "signal"
+        return (
+            kill.deliver is not None and not _ends_process(kill.deliver) and kill.kind == "signal"
+        )
 
     def _is_held(self, kill: Kill) -> bool:
         return self._held.get(kill.victim_tid) is kill
@@ -349,3 +352,10 @@ class Correlator:
             key = (kill.signal.ktime_ns, kill.signal.sender.tgid)
             if self._by_signal.get(key) is kill:
                 del self._by_signal[key]
+
+
+SIG_DFL: Final = 0
+
+
+def _ends_process(rec: DeliverRecord) -> bool:
+    return rec.sig == SIGKILL or (rec.sa_handler == SIG_DFL and fatal_by_default(rec.sig))

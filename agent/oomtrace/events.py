@@ -114,6 +114,8 @@ class EventBuilder:
         else:
             assert kill.signal is not None
             event["sender"] = self._process(kill.signal.sender, parents=True, tty=True)
+            if kill.signal.sender_tty:
+                event["sender"]["tty"] = kill.signal.sender_tty
         self._kubernetes(event, errors)
         if kill.kind == "oom_kill":
             event["oom"]["top_holders"] = self._holders(kill, event["victim"], errors)

@@ -33,6 +33,8 @@ TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
     "OFF_TASK_REAL_CRED": ("task_struct", "real_cred"),
     "OFF_CRED_UID": ("cred", "uid"),
     "OFF_SIGNAL_OOM_SCORE_ADJ": ("signal_struct", "oom_score_adj"),
+    "OFF_SIGNAL_TTY": ("signal_struct", "tty"),
+    "OFF_TTY_NAME": ("tty_struct", "name"),
     "OFF_CSS_SET_SUBSYS": ("css_set", "subsys"),
     "OFF_CSS_SET_DFL_CGRP": ("css_set", "dfl_cgrp"),
     "OFF_CSS_CGROUP": ("cgroup_subsys_state", "cgroup"),

@@ -90,6 +90,7 @@ class RawSignal(ctypes.Structure):
         ("target_memcg_id", _u64),
         ("target_oom_score_adj", _s32),
         ("target_flags", _u32),
+        ("sender_tty", _comm),
     ]
 
 
@@ -240,6 +241,7 @@ class SignalRecord:
     info_kind: int = INFO_UNKNOWN
     # The target task read in the kernel at generate time (raw tracepoint).
     target: Task | None = None
+    sender_tty: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,7 +348,17 @@ def _signal(r: RawSignal) -> SignalRecord:
         result=r.result,
         info_kind=r.info_kind,
         target=None if r.target_flags & TASK_NO_OFFSETS else _target(r),
+        sender_tty=_tty(_text(r.sender_tty)),
     )
+
+
+def _tty(name: str) -> str | None:
+    """tty_struct names a pseudo-terminal "pts3"; /dev and ps call it pts/3."""
+    if not name:
+        return None
+    if name.startswith("pts") and name[3:].isdigit():
+        return f"pts/{name[3:]}"
+    return name
 
 
 def _target(r: RawSignal) -> Task:

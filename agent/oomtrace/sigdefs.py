@@ -99,3 +99,13 @@ def signal_mask(numbers: frozenset[int]) -> int:
     for n in numbers:
         mask |= 1 << n
     return mask
+
+
+# Default actions that do not end the process (signal(7)): ignore, stop, continue.
+_NOT_FATAL_BY_DEFAULT: Final = frozenset(
+    {17, 18, 19, 20, 21, 22, 23, 28}
+)  # CHLD CONT STOP TSTP TTIN TTOU URG WINCH
+
+
+def fatal_by_default(sig: int) -> bool:
+    return 0 < sig < 64 and sig not in _NOT_FATAL_BY_DEFAULT
