@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
+from oomtrace.exits import ProcExit
 from oomtrace.records import (
     DeliverRecord,
     ExitRecord,
@@ -68,6 +69,9 @@ class Kill:
     # Set when the kill will never see a deliver record (not queued).
     expects_deliver: bool = True
     exit_timed_out: bool = False
+    # The proc connector's word that the victim exited, when the kernel's exit
+    # record is late or lost.
+    proc_exit: ProcExit | None = None
 
     @property
     def victim(self) -> Task | None:
@@ -118,6 +122,8 @@ class Correlator:
     # SI_KERNEL SIGKILLs not yet known to be OOM kills, by target tid.
     _held: dict[int, Kill] = field(default_factory=dict)
     _contexts: dict[int, OomContext] = field(default_factory=dict)
+    # Victims (tgids) a proc connector exit would complete; read by its thread.
+    watched_tgids: set[int] = field(default_factory=set)
 
     def feed(self, record: Record) -> list[Kill]:
         """Takes one record; returns the kills it completed. Cgroup records are not kills."""
@@ -148,7 +154,7 @@ class Correlator:
             k for k in self._pending.values() if now_ns >= k.deadline_ns and not self._is_held(k)
         ]
         for kill in expired:
-            if kill.exit is None and kill.expects_deliver:
+            if kill.exit is None and kill.proc_exit is None and kill.expects_deliver:
                 kill.exit_timed_out = True
             self._release(kill)
         done.extend(expired)
@@ -169,6 +175,15 @@ class Correlator:
 
     def pending_count(self) -> int:
         return len(self._pending)
+
+    def on_proc_exit(self, proc_exit: ProcExit) -> None:
+        """A victim's exit seen on the proc connector. The kernel's own exit record
+        usually follows within microseconds and is preferred; this one stands in
+        if it does not come within the window."""
+        for kill in self._pending.values():
+            if kill.exit is None and kill.victim_tgid == proc_exit.tgid:
+                kill.proc_exit = proc_exit
+                kill.deadline_ns = min(kill.deadline_ns, proc_exit.ktime_ns + self.window_ns)
 
     # -- records ---------------------------------------------------------------
 
@@ -242,6 +257,7 @@ class Correlator:
             self.stats.unmatched_deliver += 1
             return []
         kill.deliver = rec
+        self.watched_tgids.add(rec.victim.tgid)
         # A fatal signal turns into SIGKILL for every thread of the group, and a
         # fault (SIGSEGV) left at its default action ends the process too; a
         # handled, ignored or stopping signal does not.
@@ -337,6 +353,8 @@ class Correlator:
 
     def _add(self, kill: Kill) -> list[Kill]:
         self._pending[id(kill)] = kill
+        if kill.victim_tgid is not None:
+            self.watched_tgids.add(kill.victim_tgid)
         evicted: list[Kill] = []
         while len(self._pending) > self.max_pending:
             oldest = next(iter(self._pending.values()))
@@ -348,6 +366,8 @@ class Correlator:
 
     def _release(self, kill: Kill) -> None:
         self._pending.pop(id(kill), None)
+        if kill.victim_tgid is not None:
+            self.watched_tgids.discard(kill.victim_tgid)
         if kill.signal is not None:
             key = (kill.signal.ktime_ns, kill.signal.sender.tgid)
             if self._by_signal.get(key) is kill:

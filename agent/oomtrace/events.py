@@ -354,17 +354,23 @@ class EventBuilder:
 
     def _exit(self, kill: Kill) -> Event | None:
         if kill.exit is not None:
-            status = kill.exit.exit_code
+            status, at, source = kill.exit.exit_code, kill.exit.ktime_ns, "sched_process_exit"
+        elif kill.proc_exit is not None:
+            status, at, source = kill.proc_exit.exit_code, kill.proc_exit.ktime_ns, "proc_connector"
+        else:
+            status = None
+        if status is not None:
             term_signal = status & 0x7F
             return {
                 "observed": True,
                 "status": status,
                 "signal": term_signal or None,
                 "code": 128 + term_signal if term_signal else (status >> 8) & 0xFF,
-                "kill_to_exit_ms": round((kill.exit.ktime_ns - kill.ktime_ns) / 1e6, 3),
+                "kill_to_exit_ms": round((at - kill.ktime_ns) / 1e6, 3),
+                "source": source,
             }
         if kill.exit_timed_out:
-            return {"observed": False}
+            return {"observed": False, "waited_ms": round((kill.deadline_ns - kill.ktime_ns) / 1e6)}
         return None
 
     def _oom(self, kill: Kill, victim_cgroup: str | None) -> Event:

@@ -24,6 +24,7 @@ from oomtrace.correlate import Correlator, Kill
 from oomtrace.cri.resolver import CriResolver
 from oomtrace.enrich.cgroupfs import CgroupPaths
 from oomtrace.events import Clock, Event, EventBuilder
+from oomtrace.exits import ExitWatcher, ProcExit
 from oomtrace.features import KernelVocabulary
 from oomtrace.probes import Probes
 from oomtrace.records import KIND_NAMES, DecodeError, RecordDecoder
@@ -101,7 +102,9 @@ class Agent:
         self.decoder = RecordDecoder()
         self.counters = Counters()
         self.stop_event = threading.Event()
-        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=settings.queue_size)
+        self._queue: queue.Queue[bytes | ProcExit] = queue.Queue(maxsize=settings.queue_size)
+        self.exits = ExitWatcher(self._enqueue)
+        self.exits.watched = self.correlator.watched_tgids
         self._reader = threading.Thread(target=self._read, name="ringbuf-reader", daemon=True)
         self._on_ready = on_ready
         self._lost_seen: dict[int, int] = {}
@@ -109,7 +112,7 @@ class Agent:
 
     # -- threads ---------------------------------------------------------------
 
-    def _enqueue(self, raw: bytes) -> None:
+    def _enqueue(self, raw: bytes | ProcExit) -> None:
         try:
             self._queue.put_nowait(raw)
         except queue.Full:
@@ -130,11 +133,12 @@ class Agent:
             self.k8s.start()
         self.probes.open(self._enqueue)
         self._reader.start()
+        self.exits.start()
         plan = self.probes.plan
         self.log.info(
             "ready",
             tier=plan.tier,
-            hooks=plan.hooks,
+            hooks=plan.hooks + (["netlink:proc_connector"] if self.exits.available else []),
             missing=plan.missing,
             kernel_headers="stub" if plan.kernel_source else "kernel",
             signals=sorted(self.settings.signals),
@@ -171,6 +175,7 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.stop_event.set()
+        self.exits.stop()
         self._reader.join(timeout=2 * POLL_MS / 1000 + 1)
         self._process_queue(timeout=0)
         self._emit_kills(self.correlator.drain())
@@ -196,7 +201,10 @@ class Agent:
             except queue.Empty:
                 return
 
-    def _process(self, raw: bytes) -> None:
+    def _process(self, raw: bytes | ProcExit) -> None:
+        if isinstance(raw, ProcExit):
+            self.correlator.on_proc_exit(raw)
+            return
         self.counters.records += 1
         try:
             record = self.decoder.decode(raw)

@@ -118,3 +118,26 @@ def test_sigterm_is_told_apart_from_sigkill(tmp_path: Path) -> None:
     assert (by_term["signal"]["name"], by_term["victim"]["exit"]["code"]) == ("SIGTERM", 143)
     assert (by_kill["signal"]["name"], by_kill["victim"]["exit"]["code"]) == ("SIGKILL", 137)
     assert "exit code 143" in by_term["explanation"]
+
+
+def test_victim_that_cannot_exit_is_reported_as_stuck() -> None:
+    # A task frozen by the v1 freezer stays in D state with SIGKILL pending: the
+    # same "killed but not gone" that a stuck OOM victim shows.
+    freezer = Path("/sys/fs/cgroup/freezer") / f"oomtrace-frz-{uuid.uuid4().hex[:6]}"
+    freezer.mkdir()
+    agent = AgentProcess("--exit-wait", "1")
+    victim = subprocess.Popen(
+        ["sleep", "300"], preexec_fn=lambda: (freezer / "cgroup.procs").write_text("0")
+    )
+    try:
+        agent.wait_ready()
+        (freezer / "freezer.state").write_text("FROZEN")
+        victim.kill()
+        event = agent.wait_for(victim_pid(victim.pid), what="the stuck victim's event")
+        assert event["victim"]["exit"] == {"observed": False, "waited_ms": 1000}
+        assert victim.poll() is None
+    finally:
+        (freezer / "freezer.state").write_text("THAWED")
+        victim.wait(timeout=10)
+        freezer.rmdir()
+        assert agent.stop() == 0
