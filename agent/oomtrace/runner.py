@@ -36,6 +36,24 @@ def check_privileges() -> None:
         )
 
 
+# What the kubelet and container runtimes give themselves: the OOM killer takes
+# anything else on the node first, so the agent survives to report the kill.
+SELF_OOM_SCORE_ADJ = -999
+
+
+def protect_from_oom_killer() -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(SELF_OOM_SCORE_ADJ))
+    except OSError as exc:
+        log.get().warning(
+            "oom_score_adj_unchanged",
+            wanted=SELF_OOM_SCORE_ADJ,
+            reason=exc.strerror,
+            effect="the OOM killer may choose oomtrace itself on this node",
+        )
+
+
 def _probe() -> features.KernelFeatures:
     try:
         tracefs = features.find_tracefs(mount=os.geteuid() == 0)
@@ -70,6 +88,7 @@ def _sinks(settings: Settings) -> list[Sink]:
 def run(settings: Settings) -> int:
     logger = log.get()
     check_privileges()
+    protect_from_oom_killer()
     kernel = _probe()
     try:
         p = plan(kernel, tier=settings.tier, ringbuf_pages=settings.ringbuf_pages)

@@ -1,7 +1,6 @@
 """The kprobe tier on Debian's stock kernel (run inside the test VM: kprobes,
-headers, cgroup v2, systemd). Two agents run side by side, one per tier, and
-every scenario is checked against both; compiling with headers under software
-emulation takes tens of seconds, so they start once for the module."""
+headers, cgroup v2, systemd). Every scenario is checked against both agents of
+the `agents` fixture, one per tier."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +23,6 @@ MiB = 1 << 20
 HOG = "x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n"
 HOLD = "import time\nb = bytearray({mib} << 20)\nprint('held', flush=True)\ntime.sleep(300)\n"
 Event = dict[str, Any]
-
-
-@pytest.fixture(scope="module")
-def agents() -> Iterator[dict[str, AgentProcess]]:
-    started = {
-        "kprobe": AgentProcess("--tier", "auto"),
-        "tracepoint": AgentProcess("--tier", "tracepoint"),
-    }
-    try:
-        for agent in started.values():
-            agent.wait_ready()
-        yield started
-    finally:
-        codes = {name: agent.stop() for name, agent in started.items()}
-        assert codes == {"kprobe": 0, "tracepoint": 0}
 
 
 def python(code: str) -> list[str]:

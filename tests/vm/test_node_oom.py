@@ -1,0 +1,101 @@
+"""Node-wide memory pressure, which only the VM may suffer: a global OOM, and a
+userspace OOM killer (earlyoom) acting before the kernel does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.agent import AgentProcess, victim_pid
+
+pytestmark = pytest.mark.vm
+
+HOG = "x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n"
+
+
+def adjusted(adj: int) -> Any:
+    def set_adj() -> None:
+        Path("/proc/self/oom_score_adj").write_text(str(adj))
+
+    return set_adj
+
+
+@contextmanager
+def runner_protected() -> Iterator[None]:
+    """The test runner must never be the victim of the OOMs it provokes."""
+    own = Path(f"/proc/{os.getpid()}/oom_score_adj")
+    before = own.read_text().strip()
+    own.write_text("-1000")
+    try:
+        yield
+    finally:
+        own.write_text(before)
+
+
+def test_host_hog_drives_a_global_oom(agents: dict[str, AgentProcess]) -> None:
+    # A BestEffort-like idle process (adj 1000) and a host hog (adj 0) outside
+    # any limited cgroup: the kernel kills the idle one first.
+    idle = subprocess.Popen(["sleep", "600"], preexec_fn=adjusted(1000))
+    with runner_protected():
+        hog = subprocess.Popen(
+            ["systemd-run", "--scope", "--quiet", "--unit", f"updatedb-{os.getpid()}",
+             sys.executable, "-c", HOG],
+            preexec_fn=adjusted(0),
+        )  # fmt: skip
+        try:
+            assert idle.wait(timeout=300) == -signal.SIGKILL
+            event = agents["kprobe"].wait_for(victim_pid(idle.pid), timeout=60)
+        finally:
+            hog.kill()
+            hog.wait()
+    oom = event["oom"]
+    assert oom["constraint"] == "global"
+    assert oom["scope"] == "node"
+    assert oom["memcg"] is None
+    assert event["victim"]["oom_score_adj"] == 1000
+    trigger = event["trigger"]
+    assert trigger["comm"] == Path(sys.executable).name[:15]
+    assert trigger["cgroup"].endswith(f"updatedb-{os.getpid()}.scope")
+    assert oom["top_holders"][0]["comm"] == trigger["comm"]
+    assert oom["top_holders"][0]["pid"] == trigger["pid"]
+    assert "global OOM" in event["explanation"]
+    assert event["victim"]["exit"]["code"] == 137
+    plain = agents["tracepoint"].wait_for(victim_pid(idle.pid), timeout=60)
+    assert plain["oom"]["scope"] == "node"
+
+
+def test_earlyoom_is_a_userspace_oom_killer(
+    agents: dict[str, AgentProcess], tmp_path: Path
+) -> None:
+    earlyoom = shutil.which("earlyoom")
+    assert earlyoom is not None, "earlyoom is not installed in the VM"
+    victim_exe = tmp_path / "leaky-worker"
+    shutil.copy("/bin/sleep", victim_exe)
+    victim = subprocess.Popen([str(victim_exe), "600"], preexec_fn=adjusted(900))
+    # Thresholds above what is free: earlyoom acts at once, on the process its
+    # --prefer pattern names.
+    killer = subprocess.Popen(
+        [earlyoom, "-m", "99,98", "-s", "100,99", "-r", "0", "--prefer", "^leaky-worker$",
+         "--avoid", "^(python3?|pytest|sshd|systemd.*|bash|sudo)$"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert victim.wait(timeout=60) in (-signal.SIGTERM, -signal.SIGKILL)
+    finally:
+        killer.kill()
+        killer.wait()
+    event = agents["kprobe"].wait_for(victim_pid(victim.pid), timeout=30)
+    assert event["type"] == "signal"
+    assert event["sender"]["comm"] == "earlyoom"
+    assert event["cause"] == "userspace_oom_killer"
+    assert "userspace OOM killer earlyoom" in event["explanation"]
