@@ -83,7 +83,8 @@ def oom_scope(event: Event, *, node_wide: bool) -> str | None:
         return "node" if memcg == "/" else "cgroup"
     if kube.role == "container":
         return "container"
-    if kube.role == "pod":
+    if kube.role in ("pod", "conmon"):
+        # CRI-O's conmon runs in its own scope inside the pod's cgroup.
         return "pod"
     return "kubepods"
 
@@ -100,9 +101,11 @@ def _place(proc: Event) -> str:
     pod = f"{k8s.get('namespace') or '?'}/{k8s.get('pod') or k8s.get('pod_uid') or '?'}"
     if k8s.get("sandbox"):
         return f"The sandbox (pause) process of pod {pod}"
-    if k8s:
-        name = k8s.get("container") or (k8s.get("container_id") or "?")[:12]
+    if k8s and (k8s.get("container") or k8s.get("container_id")):
+        name = k8s.get("container") or k8s["container_id"][:12]
         return f"Container {name} (pod {pod})"
+    if k8s:
+        return f"A process of pod {pod} outside its containers ({proc.get('comm')})"
     return f"Process {proc.get('comm')} (pid {proc.get('pid')}, cgroup {proc.get('cgroup') or '?'})"
 
 
@@ -123,8 +126,13 @@ def _trigger_words(victim: Event, trigger: Event | None) -> str:
         return f"the allocation came from {trigger.get('comm')} in the same {where}"
     k8s = trigger.get("k8s")
     if k8s:
-        pod = f"{k8s.get('namespace') or '?'}/{k8s.get('pod') or '?'}"
-        return f"the allocation came from container {k8s.get('container')} in pod {pod}"
+        pod = f"{k8s.get('namespace') or '?'}/{k8s.get('pod') or k8s.get('pod_uid') or '?'}"
+        if k8s.get("sandbox"):
+            return f"the allocation came from the sandbox of pod {pod}"
+        name = k8s.get("container") or (k8s.get("container_id") or "")[:12]
+        if name:
+            return f"the allocation came from container {name} in pod {pod}"
+        return f"the allocation came from {trigger.get('comm')} in pod {pod}"
     return (
         f"the allocation came from host process {trigger.get('comm')} "
         f"(pid {trigger.get('pid')}) in {trigger.get('cgroup') or '?'}"
