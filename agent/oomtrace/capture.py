@@ -91,15 +91,20 @@ class Capture:
     def on_record(self, record: Record) -> None:
         if isinstance(record, SignalRecord):
             self.task(record.sender)
-            self.thread(record.target_tid, with_parents=True)
+            if record.target is not None:
+                self.task(record.target, with_parents=False)
+            else:
+                self.thread(record.target_tid)
         elif isinstance(record, MarkVictimRecord):
             self.task(record.trigger)
-            self.thread(record.victim_tid, with_parents=True)
+            if record.victim_tid not in self._by_tid:
+                self.thread(record.victim_tid)
             mem = self._memcg(record.ktime_ns, record.trigger, record.trigger_memcgs, None)
             self._holders(record.ktime_ns, record.trigger, mem)
         elif isinstance(record, OomKillRecord):
             self.task(record.trigger)
-            self.thread(record.victim_tid, with_parents=True)
+            if record.victim_tid not in self._by_tid:
+                self.thread(record.victim_tid)
             mem = self._memcg(record.ktime_ns, record.trigger, (), record)
             self._holders(record.ktime_ns, record.trigger, mem)
         elif isinstance(record, CgroupRecord):
@@ -111,14 +116,14 @@ class Capture:
 
     # -- processes -------------------------------------------------------------
 
-    def task(self, task: Task) -> procfs.ProcSnapshot | None:
+    def task(self, task: Task, *, with_parents: bool = True) -> procfs.ProcSnapshot | None:
         """The snapshot of a task seen in the kernel, taken now if not cached."""
         expect = procfs.kernel_start_to_ticks(task.start_ns) if task.start_ns else None
         if expect is not None:
             cached = self._snapshots.get((task.tgid, expect))
             if cached is not None and cached.comm == task.comm:
                 return cached
-        snap = procfs.snapshot(task.tgid, expect_start_ticks=expect)
+        snap = procfs.snapshot(task.tgid, expect_start_ticks=expect, with_parents=with_parents)
         if snap is not None:
             self._remember(task.tid, snap)
         elif task.ppid and expect is not None:
@@ -136,12 +141,13 @@ class Capture:
             return None
         return self.orphan_chains.get((task.tgid, procfs.kernel_start_to_ticks(task.start_ns)))
 
-    def thread(self, tid: int, *, with_parents: bool) -> procfs.ProcSnapshot | None:
-        """A snapshot of the process that owns thread `tid`, if it still exists."""
+    def thread(self, tid: int) -> procfs.ProcSnapshot | None:
+        """A snapshot of the process that owns thread `tid`, if it still exists;
+        a victim's parents are not reported, so they are not read."""
         tgid = procfs.tgid_of(tid)
         if tgid is None:
             return None
-        snap = procfs.snapshot(tgid, with_parents=with_parents)
+        snap = procfs.snapshot(tgid, with_parents=False)
         if snap is not None:
             self._remember(tid, snap)
         return snap
