@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.agent import AgentProcess
+
 from .harness import Containerd, unavailable_reason
 
 
@@ -22,3 +24,14 @@ def containerd() -> Iterator[Containerd]:
         yield daemon
     finally:
         daemon.close()
+
+
+@pytest.fixture
+def agent(containerd: Containerd) -> Iterator[AgentProcess]:
+    """The agent, naming pods through this containerd."""
+    proc = AgentProcess("--cri-endpoint", containerd.endpoint)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        assert proc.stop() == 0, proc.logs[-5:]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,16 +21,6 @@ HOG = ["dd", "if=/dev/zero", "of=/dev/null", "bs=100M"]
 
 def delayed_hog(seconds: float) -> list[str]:
     return ["sh", "-c", f"sleep {seconds}; exec dd if=/dev/zero of=/dev/null bs=100M"]
-
-
-@pytest.fixture
-def agent(containerd: Containerd) -> Iterator[AgentProcess]:
-    proc = AgentProcess("--cri-endpoint", containerd.endpoint)
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        assert proc.stop() == 0, proc.logs[-5:]
 
 
 def in_container(container: Container, kind: str) -> Callable[[dict[str, Any]], bool]:

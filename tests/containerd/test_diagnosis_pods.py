@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,6 @@ HOG = ["dd", "if=/dev/zero", "of=/dev/null", "bs=100M"]
 # dropping the memory.
 HOLD = ["sh", "-c", "x=$(head -c 20000000 /dev/zero | tr '\\0' a); sleep 3600; echo ${#x}"]
 Event = dict[str, Any]
-
-
-@pytest.fixture
-def agent(containerd: Containerd) -> Iterator[AgentProcess]:
-    proc = AgentProcess("--cri-endpoint", containerd.endpoint)
-    try:
-        proc.wait_ready()
-        yield proc
-    finally:
-        assert proc.stop() == 0, proc.logs[-5:]
 
 
 def killed(container: Container) -> Callable[[Event], bool]:
