@@ -217,7 +217,11 @@ class Capture:
         for path in candidates:
             stat = memcg.read_memcg(hierarchy, path)
             if stat is None:
-                continue
+                if path not in by_path:
+                    continue
+                # Removed already (a runtime deletes an exited container's
+                # cgroup within milliseconds): the kernel's counters remain.
+                stat = {"path": path, "stat": None, "events": None}
             stat["stat_read_after_kill_ms"] = round((time.monotonic_ns() - ktime_ns) / 1e6, 3)
             counter = by_path.get(path)
             if counter is not None:

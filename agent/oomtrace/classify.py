@@ -149,10 +149,9 @@ def _oom_explanation(event: Event) -> str:
         why = "the node ran out of memory (global OOM)"
     elif oom.get("memcg"):
         limit = stat.get("limit_bytes") or oom.get("limit_bytes")
-        why = (
-            f"its {scope or 'cgroup'} memcg {oom['memcg']} reached its {_mib(limit)} limit "
-            f"(anon {_mib(parts.get('anon'))}, file {_mib(parts.get('file'))})"
-        )
+        why = f"its {scope or 'cgroup'} memcg {oom['memcg']} reached its {_mib(limit)} limit"
+        if parts:
+            why += f" (anon {_mib(parts.get('anon'))}, file {_mib(parts.get('file'))})"
     else:
         why = "the limit that was hit is unknown"
     head = f"{_place(victim)} was killed by the kernel OOM killer"

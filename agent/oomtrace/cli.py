@@ -1,14 +1,26 @@
-"""Command line: `oomtrace --follow` and friends. Exit 2 for anything the user can fix."""
+"""Command line: `oomtrace --follow` and friends, `oomtrace config ...`.
+Exit 2 for anything the user can fix."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
-from oomtrace import __version__, log
-from oomtrace.config import FORMATS, LOG_FORMATS, LOG_LEVELS, TIERS, ConfigError, Settings
+from oomtrace import __version__, configfile, log
+from oomtrace.config import (
+    FORMATS,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    METRICS_DEFAULT_HOST,
+    OVERFLOW_POLICIES,
+    TIERS,
+    ConfigError,
+    Endpoint,
+    parse_endpoint,
+)
 from oomtrace.sigdefs import parse_signal_list
 
 EXIT_USAGE = 2
@@ -24,8 +36,20 @@ EPILOG = """\
 output:
   Events go to stdout: JSON lines (schema oomtrace.event/v1, see docs/events.md)
   when stdout is not a terminal or with --format json; a readable block per
-  event on a terminal or with --format text. Diagnostic logs go to stderr.
+  event on a terminal or with --format text. They can go to files, a log
+  shipper's unix socket and TCP port as well, all at once: each sink has its own
+  queue, so none can hold up the kernel reader, and what a sink had to drop is
+  reported in a `lost` event. Diagnostic logs go to stderr.
   A `ready` log line says which hooks are live once the probes are attached.
+
+configuration:
+  Defaults < the TOML file (--config or $OOMTRACE_CONFIG) < OOMTRACE_*
+  environment variables < flags. Every setting has one name: `sink_queue_size`
+  in the file, OOMTRACE_SINK_QUEUE_SIZE, --sink-queue-size. SIGHUP re-reads the
+  file and reopens output files.
+    oomtrace config default          print the commented default file
+    oomtrace config check [FILE]     validate a file (exit 2 with the reason)
+    oomtrace config show [FILE]      the settings that file and the environment give
 
 examples:
   sudo oomtrace --follow
@@ -33,15 +57,32 @@ examples:
   sudo oomtrace --follow --signals KILL,TERM,SEGV
       also report SIGTERM (exit 143) and SIGSEGV (exit 139)
   sudo oomtrace --follow --format json | jq 'select(.type=="oom_kill")'
-      feed a JSON processor or a log shipper
+      feed a JSON processor
   sudo oomtrace --follow --cgroup /kubepods --output /var/log/oomtrace.jsonl
       only kills involving pods, also appended to a file
+  sudo oomtrace --follow --no-stdout --tcp 127.0.0.1:5140 --metrics-listen 9808
+      to a log shipper on this node, with Prometheus metrics on 127.0.0.1:9808
   sudo oomtrace --duration 60 --pid 4242
       watch one process for a minute
 
 exit status:
   0 stopped by SIGINT/SIGTERM, --duration or --count; 1 runtime failure;
-  2 bad flags, missing privileges, or a kernel that cannot be traced.
+  2 bad flags or configuration, missing privileges, or a kernel that cannot be traced.
+"""
+
+CONFIG_DESCRIPTION = """\
+Work with oomtrace's configuration file (TOML).
+
+  oomtrace config default          print the commented default file (what
+                                   scripts/install writes to /etc/oomtrace/oomtrace.toml)
+  oomtrace config check [FILE]     validate FILE: unknown keys, wrong types, bad
+                                   values, output files that cannot be written,
+                                   socket paths that cannot work. Exit 0 when
+                                   valid, 2 with one line naming the problem.
+  oomtrace config show [FILE]      the effective settings from FILE and the
+                                   OOMTRACE_* environment, as TOML
+
+FILE defaults to $OOMTRACE_CONFIG, else /etc/oomtrace/oomtrace.toml.
 """
 
 
@@ -72,7 +113,25 @@ def _signals(text: str) -> frozenset[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _endpoint(text: str) -> Endpoint:
+    try:
+        return parse_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _listen(text: str) -> Endpoint | str:
+    if text in ("", "off"):
+        return ""  # explicitly off (None means the flag was not given)
+    try:
+        return parse_endpoint(text, default_host=METRICS_DEFAULT_HOST)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # Every setting defaults to None here: a flag only overrides what it names,
+    # and the file and environment fill the rest (configfile.py).
     parser = argparse.ArgumentParser(
         prog="oomtrace",
         description=DESCRIPTION,
@@ -87,12 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration", type=_positive_float, metavar="SECONDS", help="stop after SECONDS"
     )
     mode.add_argument("--count", type=_positive_int, metavar="N", help="stop after N events")
+    mode.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="read settings from this TOML file (default: $OOMTRACE_CONFIG, else none; "
+        "the systemd unit uses /etc/oomtrace/oomtrace.toml)",
+    )
 
     what = parser.add_argument_group("what to report")
     what.add_argument(
         "--signals",
         type=_signals,
-        default=None,
         metavar="LIST",
         help="signals to trace, by name or number (default: KILL). Filtered in the kernel, "
         "so untraced signals cost nearly nothing. Example: KILL,TERM,SEGV",
@@ -101,48 +167,86 @@ def build_parser() -> argparse.ArgumentParser:
         "--pid",
         type=_positive_int,
         action="append",
-        default=[],
         metavar="PID",
         help="only events whose victim, sender or trigger is this process (repeatable)",
     )
     what.add_argument(
         "--cgroup",
         action="append",
-        default=[],
         metavar="PATH",
         help="only events whose victim, sender or trigger is in this cgroup or below, "
         "e.g. /kubepods (repeatable)",
     )
 
-    out = parser.add_argument_group("output")
+    out = parser.add_argument_group("where events go (any number of sinks at once)")
     out.add_argument(
         "--format",
         choices=FORMATS,
-        default="auto",
-        help="event format on stdout (auto: text on a terminal, else json)",
+        help="event format on stdout (default auto: text on a terminal, else json)",
+    )
+    out.add_argument(
+        "--stdout",
+        action=argparse.BooleanOptionalAction,
+        help="events on stdout, the journal under systemd (default: on)",
     )
     out.add_argument(
         "-o",
         "--output",
         type=Path,
         action="append",
-        default=[],
         metavar="PATH",
-        help="also append JSON lines to PATH (repeatable)",
+        help="also append JSON lines to PATH, mode 0640; reopened on SIGHUP and when "
+        "moved away by logrotate (repeatable)",
     )
-    out.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    out.add_argument(
+        "--unix-socket",
+        type=Path,
+        action="append",
+        metavar="PATH",
+        help="also send JSON lines to a log shipper's unix stream socket (repeatable)",
+    )
+    out.add_argument(
+        "--tcp",
+        type=_endpoint,
+        action="append",
+        metavar="HOST:PORT",
+        help="also send JSON lines to a log shipper over TCP, e.g. 127.0.0.1:5140 (repeatable)",
+    )
+    out.add_argument(
+        "--sink-queue-size",
+        type=_positive_int,
+        metavar="N",
+        help="events each sink may hold while its consumer is slow or away (default 4096)",
+    )
+    out.add_argument(
+        "--sink-overflow",
+        choices=OVERFLOW_POLICIES,
+        help="what a full sink queue drops, counted and reported (default drop_oldest)",
+    )
+    out.add_argument(
+        "--metrics-listen",
+        type=_listen,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics, e.g. 9808 (127.0.0.1 unless a host is given; "
+        "'off' to turn off what the file or environment set; default: off)",
+    )
+    out.add_argument("--log-level", choices=LOG_LEVELS, help="default info")
     out.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
-        default="auto",
-        help="stderr logs (auto: console on a terminal, else JSON lines)",
+        help="stderr logs (default auto: console on a terminal, else JSON lines)",
+    )
+    out.add_argument(
+        "--stats-interval",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="seconds between `stats` log lines (default 60)",
     )
 
     kube = parser.add_argument_group("kubernetes")
     kube.add_argument(
         "--cri-endpoint",
         metavar="URL",
-        default=None,
         help="the container runtime's CRI socket, e.g. unix:///run/containerd/containerd.sock "
         "(default: containerd's or CRI-O's, whichever answers; 'none' to turn names off; "
         "pod UID and container ID still come from cgroup paths)",
@@ -152,47 +256,45 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument(
         "--tier",
         choices=TIERS,
-        default="auto",
         help="tracepoint: tracepoints only; kprobe: also oom_kill_process (adds the OOM "
-        "memcg, constraint and limit); auto: the best this kernel offers",
+        "memcg, constraint and limit); auto (default): the best this kernel offers",
     )
     tuning.add_argument(
         "--exit-wait",
         type=_positive_float,
-        default=5.0,
         metavar="SECONDS",
-        help="how long to wait for a victim to exit before reporting it as not exited",
+        help="how long to wait for a victim to exit before reporting it as not exited (default 5)",
     )
     tuning.add_argument(
         "--ring-buffer-pages",
         type=_positive_int,
-        default=1024,
         metavar="N",
         help="kernel ring buffer size in pages, a power of two (default 1024 = 4 MiB)",
+    )
+    tuning.add_argument(
+        "--record-queue-size",
+        type=_positive_int,
+        metavar="N",
+        help="records held between the kernel reader and the pipeline (default 65536)",
     )
     parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"oomtrace {__version__}")
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    kwargs: dict[str, object] = {
-        "format": args.format,
-        "outputs": tuple(args.output),
-        "pids": frozenset(args.pid),
-        "cgroups": tuple(args.cgroup),
-        "tier": args.tier,
-        "duration": args.duration,
-        "count": args.count,
-        "exit_wait": args.exit_wait,
-        "ringbuf_pages": args.ring_buffer_pages,
-        "log_level": args.log_level,
-        "log_format": args.log_format,
-        "cri_endpoint": args.cri_endpoint,
-    }
-    if args.signals is not None:
-        kwargs["signals"] = args.signals
-    return Settings(**kwargs).validate()  # type: ignore[arg-type]
+def flag_values(args: argparse.Namespace) -> dict[str, object]:
+    """The settings the command line gave, by configfile key name."""
+    values: dict[str, object] = {}
+    for name in (*configfile.KEYS, *configfile.FLAG_ONLY):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = frozenset(value) if name == "pid" else tuple(value)
+        if name == "metrics_listen" and value == "":
+            value = None  # --metrics-listen off: overrides the file and environment
+        values[name] = value
+    return values
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -200,19 +302,62 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise SystemExit(code)
 
 
+def load_settings(args: argparse.Namespace) -> configfile.Loaded:
+    path = configfile.config_path(args.config, os.environ)
+    return configfile.load(flag_values(args), config=path)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["config"]:
+        return config_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not (args.follow or args.duration or args.count or args.ebpf):
         parser.error("nothing to do: pass --follow to stream events (or --duration / --count)")
     try:
-        settings = settings_from_args(args)
+        loaded = load_settings(args)
     except ConfigError as exc:
         fail(str(exc))
+    settings = loaded.settings
     log.configure(settings.log_level, settings.log_format)
+    for warning in loaded.warnings:
+        log.get().warning("configuration", note=warning)
 
     from oomtrace import runner
 
     if args.ebpf:
         return runner.print_ebpf(settings)
-    return runner.run(settings)
+    return runner.run(settings, reload=lambda: load_settings(args).settings)
+
+
+def config_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="oomtrace config",
+        description=CONFIG_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("action", choices=("check", "show", "default"))
+    parser.add_argument("file", nargs="?", type=Path, help="the TOML file")
+    args = parser.parse_args(argv)
+    if args.action == "default":
+        if args.file is not None:
+            parser.error("`config default` takes no file")
+        sys.stdout.write(configfile.default_text())
+        return 0
+    path = args.file or configfile.config_path(None, os.environ) or configfile.DEFAULT_PATH
+    try:
+        # check: the file alone (what it says on any machine); show: with the
+        # OOMTRACE_* environment of this shell, as the agent would see it.
+        loaded = configfile.load({}, config=path, use_environment=args.action == "show")
+    except ConfigError as exc:
+        fail(str(exc))
+    if args.action == "show":
+        sys.stdout.write(configfile.render(loaded.settings))
+        return 0
+    from oomtrace.sinks.fanout import specs
+
+    sinks = ", ".join(s.name for s in specs(loaded.settings, stdout_is_tty=False)) or "none"
+    metrics = loaded.settings.metrics_listen
+    print(f"{path}: valid (sinks: {sinks}; metrics: {metrics or 'off'})")
+    return 0

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
-import signal
 import sys
+from collections.abc import Callable
 
 from oomtrace import features, log, privileges
 from oomtrace.cli import fail
-from oomtrace.config import Settings
+from oomtrace.config import ConfigError, Settings
 from oomtrace.cri.resolver import CriResolver
+from oomtrace.lifecycle import Lifecycle
+from oomtrace.metrics import Metrics
+from oomtrace.notify import Notifier
 from oomtrace.probes import LoadError, Probes, assemble, plan
 from oomtrace.service import Agent
 from oomtrace.sinks import Sink
-from oomtrace.sinks.file import FileSink
-from oomtrace.sinks.stream import StreamSink
+from oomtrace.sinks.fanout import SinkSet
 
 EXIT_FAILURE = 1
 
@@ -72,23 +75,36 @@ def print_ebpf(settings: Settings) -> int:
     return 0
 
 
-def _sinks(settings: Settings) -> list[Sink]:
-    fmt = settings.format
-    if fmt == "auto":
-        fmt = "text" if sys.stdout.isatty() else "json"
-    sinks: list[Sink] = [StreamSink(sys.stdout.buffer, fmt=fmt)]
-    for path in settings.outputs:
-        try:
-            sinks.append(FileSink(path))
-        except OSError as exc:
-            fail(f"output: cannot open {path}: {exc.strerror}")
-    return sinks
+def _outputs(settings: Settings) -> tuple[SinkSet, Metrics | None]:
+    """Opens the sinks and the metrics endpoint before the slow BPF compile, so a
+    file that cannot be written or a port in use stops start-up at once."""
+    try:
+        sinks = SinkSet.open(settings)
+    except ConfigError as exc:
+        fail(str(exc))
+    if settings.metrics_listen is None:
+        return sinks, None
+    metrics = Metrics(sinks.stats)
+    try:
+        metrics.serve(settings.metrics_listen)
+    except OSError as exc:
+        sinks.close(timeout=0)
+        fail(f"metrics_listen: cannot listen on {settings.metrics_listen}: {exc.strerror}")
+    return sinks, metrics
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int:
+    """``reload`` gives the settings anew on SIGHUP (configfile.load)."""
     logger = log.get()
+    # A stuck agent killed by the systemd watchdog (SIGABRT) leaves every
+    # thread's Python stack in the journal.
+    faulthandler.enable()
     check_privileges()
     protect_from_oom_killer()
+    sinks, metrics = _outputs(settings)
+    notifier = Notifier()
+    lifecycle = Lifecycle(settings, sinks, notifier, reload or (lambda: settings))
+    lifecycle.install_reload_handler()
     kernel = _probe()
     try:
         p = plan(kernel, tier=settings.tier, ringbuf_pages=settings.ringbuf_pages)
@@ -101,9 +117,17 @@ def run(settings: Settings) -> int:
         logger.warning("hook_unavailable", hook=hook, reason=reason)
     names = settings.cri_endpoint != "none"
     k8s = CriResolver(settings.cri_endpoint if names else None, names=names)
-    agent = Agent(settings, probes, _sinks(settings), k8s=k8s, vocabulary=kernel.vocabulary)
-    signal.signal(signal.SIGINT, agent.request_stop)
-    signal.signal(signal.SIGTERM, agent.request_stop)
+    outputs: list[Sink] = [sinks] if metrics is None else [sinks, metrics]
+    agent = Agent(
+        settings,
+        probes,
+        outputs,
+        k8s=k8s,
+        vocabulary=kernel.vocabulary,
+        on_ready=lifecycle.on_ready,
+        on_tick=lifecycle.on_tick,
+    )
+    lifecycle.attach(agent)
     try:
         return agent.run()
     except Exception:

@@ -28,7 +28,7 @@ from oomtrace.exits import ExitWatcher, ProcExit
 from oomtrace.features import KernelVocabulary
 from oomtrace.probes import Probes
 from oomtrace.records import KIND_NAMES, DecodeError, RecordDecoder
-from oomtrace.sinks import Sink
+from oomtrace.sinks import Accounted, Sink
 
 TICK_S: Final = 0.02
 POLL_MS: Final = 100
@@ -45,6 +45,7 @@ class Counters:
     queue_dropped: int = 0
     kernel_lost: int = 0
     pipeline_errors: int = 0
+    sink_dropped: int = 0
 
 
 class EventFilter:
@@ -85,6 +86,7 @@ class Agent:
         k8s: CriResolver | None = None,
         vocabulary: KernelVocabulary | None = None,
         on_ready: Callable[[], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.probes = probes
@@ -107,6 +109,8 @@ class Agent:
         self.exits.watched = self.correlator.watched_tgids
         self._reader = threading.Thread(target=self._read, name="ringbuf-reader", daemon=True)
         self._on_ready = on_ready
+        # Called once per event-loop turn (sd_notify watchdog, SIGHUP reload).
+        self._on_tick = on_tick
         self._lost_seen: dict[int, int] = {}
         self._errors_logged: set[str] = set()
 
@@ -126,6 +130,10 @@ class Agent:
         if signum is not None:
             self.log.info("stopping", signal=signal.Signals(signum).name)
         self.stop_event.set()
+
+    def healthy(self) -> bool:
+        """The kernel reader still polls: the watchdog keepalive depends on it."""
+        return self._reader.is_alive()
 
     def run(self) -> int:
         self.paths.warm()
@@ -170,6 +178,8 @@ class Agent:
                 break
             if self.settings.count is not None and self.counters.events >= self.settings.count:
                 break
+            if self._on_tick:
+                self._on_tick()
         self._shutdown()
         return 0
 
@@ -251,6 +261,15 @@ class Agent:
             self._lost_seen[-1] = self.counters.queue_dropped
             self._emit(self.builder.lost(now, "agent_queue", dropped, {}))
             self.log.warning("records_lost", source="agent_queue", count=dropped)
+        # What a sink had to drop from its queue (its consumer was slow or away),
+        # by event type; the lost event itself goes to every sink.
+        for sink in self.sinks:
+            if isinstance(sink, Accounted):
+                for name, by_type in sink.take_drops().items():
+                    count = sum(by_type.values())
+                    self.counters.sink_dropped += count
+                    self._emit(self.builder.lost(now, f"sink:{name}", count, by_type))
+                    self.log.warning("events_dropped", sink=name, count=count)
 
     def _log_stats(self, event: str) -> None:
         c = self.counters
@@ -268,6 +287,10 @@ class Agent:
             evicted=s.evicted,
             unmatched_deliver=s.unmatched_deliver,
             unmatched_exit=s.unmatched_exit,
+            sink_dropped=c.sink_dropped,
+            sinks={
+                k: v for x in self.sinks if isinstance(x, Accounted) for k, v in x.stats().items()
+            },
         )
 
 

@@ -1,34 +1,76 @@
-"""Events appended to a file as JSON lines."""
+"""Events appended to a file as JSON lines, reopened when rotated.
+
+logrotate (without copytruncate) moves the file away and may send SIGHUP. The
+writer notices the move by itself -- the path no longer names the file it has
+open -- and creates a new one; SIGHUP reopens too. Events written before the
+move are in the moved file, events after it in the new one: none is lost.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Final
 
-import orjson
-
-from oomtrace.events import Event
-
-FILE_MODE = 0o640
+FILE_MODE: Final = 0o640
 
 
-class FileSink:
+def open_append(path: Path) -> int:
+    """Opens ``path`` for appending, creating it with mode 0640 whatever the umask."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+    while True:
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            pass
+        else:
+            os.fchmod(fd, FILE_MODE)
+            return fd
+        try:
+            # O_APPEND makes each write land whole at the end, even when another
+            # writer shares the file.
+            return os.open(path, flags)
+        except FileNotFoundError:
+            continue  # removed between the two opens
+
+
+class FileTransport:
+    reopens = True
+
     def __init__(self, path: Path) -> None:
         self.name = f"file:{path}"
         self.path = path
-        self._fd = self._open()
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
 
-    def _open(self) -> int:
-        # O_APPEND makes each write land whole at the end, even when another
-        # writer (or a rotated copy) shares the file.
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    def connect(self) -> None:
+        fd = open_append(self.path)
+        st = os.fstat(fd)
+        self._fd = fd
+        self._identity = (st.st_dev, st.st_ino)
 
-    def emit(self, event: Event) -> None:
-        os.write(self._fd, orjson.dumps(event) + b"\n")
+    def write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
-    def reopen(self) -> None:
-        old, self._fd = self._fd, self._open()
-        os.close(old)
+    def unread(self) -> int | None:
+        return 0
 
-    def close(self) -> None:
-        os.close(self._fd)
+    def check(self) -> str | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "rotated"
+        except OSError:
+            return None  # keep writing where we are; the next open will tell
+        return None if (st.st_dev, st.st_ino) == self._identity else "rotated"
+
+    def disconnect(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def abort(self) -> None:
+        pass

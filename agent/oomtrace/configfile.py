@@ -1,0 +1,355 @@
+"""Where settings come from: defaults < the TOML file < OOMTRACE_* environment < flags.
+
+Every setting has one name used three ways: ``ring_buffer_pages`` in the file,
+``OOMTRACE_RING_BUFFER_PAGES`` in the environment, ``--ring-buffer-pages`` on the
+command line. A value that is wrong stops start-up with one line that names the
+setting and where the value came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Final
+
+from oomtrace.config import (
+    METRICS_DEFAULT_HOST,
+    ConfigError,
+    Endpoint,
+    Settings,
+    check_resolvable,
+    parse_endpoint,
+)
+from oomtrace.sigdefs import parse_signal, parse_signal_list
+
+ENV_PREFIX: Final = "OOMTRACE_"
+CONFIG_ENV: Final = "OOMTRACE_CONFIG"
+DEFAULT_PATH: Final = Path("/etc/oomtrace/oomtrace.toml")
+
+Parser = Callable[[object], object]
+EnvParser = Callable[[str], object]
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    name: str
+    field: str
+    parse: Parser  # a TOML value (already typed by TOML) -> the Settings value
+    parse_env: EnvParser  # an environment string -> the Settings value
+    live: bool  # SIGHUP applies it; otherwise a change needs a restart
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+# -- value parsers: each raises ValueError with a message that completes "KEY: " --
+
+
+def _type_name(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    names |= {list: "a list", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {_type_name(value)}")
+    return value
+
+
+def _optional_string(value: object) -> str | None:
+    return _string(value) or None
+
+
+def _boolean(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, not {_type_name(value)}")
+    return value
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be a whole number, not {_type_name(value)}")
+    return value
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number of seconds, not {_type_name(value)}")
+    return float(value)
+
+
+def _list_of(item: Parser, example: str) -> Parser:
+    def parse(value: object) -> tuple[object, ...]:
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list, like {example}, not {_type_name(value)}")
+        return tuple(item(v) for v in value)
+
+    return parse
+
+
+def _path(value: object) -> Path:
+    return Path(_string(value))
+
+
+def _endpoint(value: object) -> Endpoint:
+    return parse_endpoint(_string(value))
+
+
+def _listen(value: object) -> Endpoint | None:
+    text = _string(value)
+    return parse_endpoint(text, default_host=METRICS_DEFAULT_HOST) if text else None
+
+
+def _signals(value: object) -> frozenset[int]:
+    if isinstance(value, str):
+        return parse_signal_list(value)
+    if isinstance(value, list):
+        numbers = set()
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, str | int):
+                raise ValueError(f"must list signal names or numbers, not {_type_name(v)}")
+            numbers.add(parse_signal(str(v)))
+        return frozenset(numbers)
+    raise ValueError(f'must be a list like ["KILL", "TERM"], not {_type_name(value)}')
+
+
+def _env_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (true/false, 1/0, yes/no)")
+
+
+def _env_number(kind: type[int] | type[float]) -> EnvParser:
+    def parse(text: str) -> object:
+        try:
+            return kind(text.strip())
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise ValueError(f"{text!r} is not {what}") from None
+
+    return parse
+
+
+def _env_list(item: Callable[[str], object]) -> EnvParser:
+    return lambda text: tuple(item(part.strip()) for part in text.split(",") if part.strip())
+
+
+_PATHS = _list_of(_path, '["/var/log/oomtrace/events.jsonl"]')
+_SOCKETS = _list_of(_path, '["/run/shipper/oomtrace.sock"]')
+_ENDPOINTS = _list_of(_endpoint, '["127.0.0.1:5140"]')
+_CGROUPS = _list_of(_string, '["/kubepods"]')
+
+
+def _pids(value: object) -> frozenset[int]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list, like [4242], not {_type_name(value)}")
+    return frozenset(_integer(v) for v in value)
+
+
+def _env_pids(text: str) -> frozenset[int]:
+    parse = _env_number(int)
+    return frozenset(int(str(parse(part))) for part in text.split(",") if part.strip())
+
+
+KEYS: Final[dict[str, Key]] = {
+    k.name: k
+    for k in (
+        Key("signals", "signals", _signals, parse_signal_list, live=False),
+        Key("format", "format", _string, str.strip, live=True),
+        Key("stdout", "stdout", _boolean, _env_bool, live=True),
+        Key("output", "outputs", _PATHS, _env_list(_path), live=True),
+        Key("unix_socket", "unix_sockets", _SOCKETS, _env_list(_path), live=True),
+        Key("tcp", "tcp", _ENDPOINTS, _env_list(_endpoint), live=True),
+        Key("sink_queue_size", "sink_queue_size", _integer, _env_number(int), live=True),
+        Key("sink_overflow", "sink_overflow", _string, str.strip, live=True),
+        Key("metrics_listen", "metrics_listen", _listen, _listen, live=False),
+        Key("pid", "pids", _pids, _env_pids, live=True),
+        Key("cgroup", "cgroups", _CGROUPS, _env_list(_string), live=True),
+        Key("tier", "tier", _string, str.strip, live=False),
+        Key("exit_wait", "exit_wait", _seconds, _env_number(float), live=False),
+        Key("ring_buffer_pages", "ringbuf_pages", _integer, _env_number(int), live=False),
+        Key("record_queue_size", "queue_size", _integer, _env_number(int), live=False),
+        Key("stats_interval", "stats_interval", _seconds, _env_number(float), live=False),
+        Key("log_level", "log_level", _string, str.strip, live=False),
+        Key("log_format", "log_format", _string, str.strip, live=False),
+        Key("cri_endpoint", "cri_endpoint", _optional_string, _optional_string, live=False),
+    )
+}
+_BY_FIELD: Final = {k.field: k for k in KEYS.values()}
+# Settings that only make sense on a command line, never in a service's file.
+FLAG_ONLY: Final = ("duration", "count")
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    settings: Settings
+    sources: dict[str, str]  # key -> "file", "environment" or "flag"
+    warnings: list[str]  # things to log once logging is set up
+
+
+def default_text() -> str:
+    """The commented default configuration file that `scripts/install` puts in place."""
+    return resources.files("oomtrace").joinpath("oomtrace.toml").read_text()
+
+
+def config_path(flag: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """The file to read: --config, else $OOMTRACE_CONFIG, else none (a file is
+    only read when named, so an interactive run never picks up the service's sinks)."""
+    if flag is not None:
+        return flag
+    named = environ.get(CONFIG_ENV, "").strip()
+    return Path(named) if named else None
+
+
+def read_file(path: Path) -> dict[str, object]:
+    """The file's settings, typed; unknown keys and wrong types raise ConfigError."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    values: dict[str, object] = {}
+    for name, raw in data.items():
+        key = KEYS.get(name)
+        if key is None:
+            raise ConfigError(f"{path}: {_unknown(name)}")
+        try:
+            values[name] = key.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {name}: {exc}") from None
+    return values
+
+
+def read_environment(environ: Mapping[str, str]) -> tuple[dict[str, object], list[str]]:
+    values: dict[str, object] = {}
+    unknown: list[str] = []
+    by_env = {k.env: k for k in KEYS.values()}
+    for var, text in environ.items():
+        if not var.startswith(ENV_PREFIX) or var == CONFIG_ENV:
+            continue
+        key = by_env.get(var)
+        if key is None:
+            # Not fatal: the environment is shared with other tools and scripts.
+            unknown.append(var)
+            continue
+        try:
+            values[key.name] = key.parse_env(text)
+        except ValueError as exc:
+            raise ConfigError(f"{var}: {exc}") from None
+    return values, sorted(unknown)
+
+
+def load(
+    flags: Mapping[str, object],
+    *,
+    config: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    use_environment: bool = True,
+) -> Loaded:
+    """Settings from every source. ``flags`` maps key names (and FLAG_ONLY names)
+    to values the command line gave explicitly."""
+    env = os.environ if environ is None else environ
+    merged: dict[str, object] = {}
+    sources: dict[str, str] = {}
+    warnings: list[str] = []
+    if config is not None:
+        _merge(merged, sources, read_file(config), f"file {config}")
+    if use_environment:
+        values, unknown = read_environment(env)
+        _merge(merged, sources, values, "environment")
+        if unknown:
+            warnings.append(f"ignored unknown environment variables: {', '.join(unknown)}")
+    _merge(merged, sources, dict(flags), "flag")
+    fields = {(KEYS[name].field if name in KEYS else name): v for name, v in merged.items()}
+    try:
+        settings = Settings(**fields, config_file=config).validate()  # type: ignore[arg-type]
+        for endpoint in settings.tcp:
+            check_resolvable(endpoint, "tcp")
+        if settings.metrics_listen is not None:
+            check_resolvable(settings.metrics_listen, "metrics_listen")
+    except ConfigError as exc:
+        raise ConfigError(_attributed(exc, sources)) from None
+    return Loaded(settings, sources, warnings)
+
+
+def live_keys() -> frozenset[str]:
+    return frozenset(k.name for k in KEYS.values() if k.live)
+
+
+def changed_keys(old: Settings, new: Settings) -> list[str]:
+    return [k.name for k in KEYS.values() if getattr(old, k.field) != getattr(new, k.field)]
+
+
+def render(settings: Settings) -> str:
+    """The effective settings as TOML (what `oomtrace config show` prints)."""
+    lines = []
+    for key in KEYS.values():
+        lines.append(f"{key.name} = {_toml_value(getattr(settings, key.field))}")
+    return "\n".join(lines) + "\n"
+
+
+# -- helpers --------------------------------------------------------------------
+
+
+def _merge(
+    merged: dict[str, object], sources: dict[str, str], values: dict[str, object], where: str
+) -> None:
+    for name, value in values.items():
+        merged[name] = value
+        sources[name] = where
+
+
+def _attributed(exc: ConfigError, sources: dict[str, str]) -> str:
+    """Prefixes a validation error with where the bad value came from."""
+    name = exc.key
+    if name is None:
+        return str(exc)
+    key = KEYS.get(name) or _BY_FIELD.get(name)
+    if key is None:
+        return f"--{name.replace('_', '-')}: {exc.detail}" if name in FLAG_ONLY else str(exc)
+    where = sources.get(key.name, "default")
+    if where == "flag":
+        return f"{key.flag}: {exc.detail}"
+    if where == "environment":
+        return f"{key.env}: {exc.detail}"
+    if where.startswith("file "):
+        return f"{where[5:]}: {key.name}: {exc.detail}"
+    return f"{key.name}: {exc.detail}"
+
+
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, KEYS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key {name!r}{hint} (oomtrace config default lists every key)"
+
+
+def _toml_value(value: object) -> str:
+    if value is None:
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Endpoint | Path):
+        return _toml_value(str(value))
+    if isinstance(value, frozenset | tuple | list):
+        items = sorted(value) if isinstance(value, frozenset) else list(value)
+        return "[" + ", ".join(_toml_value(v) for v in items) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

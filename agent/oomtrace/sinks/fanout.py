@@ -1,0 +1,183 @@
+"""The configured sinks as one: built from the settings, changed on SIGHUP.
+
+Each sink is queued (sinks/queued.py): stdout, every output file, every unix
+socket and TCP endpoint. A SIGHUP keeps the sinks whose settings did not change
+(their queues and connections live on), opens the new ones and closes the
+removed ones in the background, so a reload never stalls the pipeline.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from oomtrace import log
+from oomtrace.config import ConfigError, Endpoint, Settings
+from oomtrace.events import Event
+from oomtrace.sinks.file import FileTransport
+from oomtrace.sinks.queued import CLOSE_TIMEOUT_S, QueuedSink, Transport
+from oomtrace.sinks.sockets import TcpTransport, UnixTransport
+from oomtrace.sinks.stream import FdTransport, encoder
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSpec:
+    kind: str  # stdout, file, unix or tcp
+    target: str
+    fmt: str = "json"
+
+    @property
+    def name(self) -> str:
+        return "stdout" if self.kind == "stdout" else f"{self.kind}:{self.target}"
+
+
+def specs(settings: Settings, *, stdout_is_tty: bool | None = None) -> list[SinkSpec]:
+    out: list[SinkSpec] = []
+    if settings.stdout:
+        fmt = settings.format
+        if fmt == "auto":
+            tty = sys.stdout.isatty() if stdout_is_tty is None else stdout_is_tty
+            fmt = "text" if tty else "json"
+        out.append(SinkSpec("stdout", "", fmt))
+    out += [SinkSpec("file", str(p)) for p in dict.fromkeys(settings.outputs)]
+    out += [SinkSpec("unix", str(p)) for p in dict.fromkeys(settings.unix_sockets)]
+    out += [SinkSpec("tcp", str(e)) for e in dict.fromkeys(settings.tcp)]
+    return out
+
+
+def open_sink(spec: SinkSpec, settings: Settings) -> QueuedSink:
+    """A running sink. A file is opened here, so that one that cannot be written
+    stops start-up (ConfigError); sockets connect in the writer thread and are
+    retried for as long as it takes."""
+    transport: Transport
+    connected = False
+    if spec.kind == "stdout":
+        transport = FdTransport(sys.stdout.fileno())
+    elif spec.kind == "file":
+        transport = FileTransport(Path(spec.target))
+        try:
+            transport.connect()
+        except OSError as exc:
+            raise ConfigError(_open_failure(spec.target, exc), key="output") from None
+        connected = True
+    elif spec.kind == "unix":
+        transport = UnixTransport(Path(spec.target))
+    else:
+        host, _, port = spec.target.rpartition(":")
+        transport = TcpTransport(Endpoint(host.strip("[]"), int(port)))
+    return QueuedSink(
+        transport,
+        encoder(spec.fmt),
+        capacity=settings.sink_queue_size,
+        overflow=settings.sink_overflow,
+        connected=connected,
+    )
+
+
+def _open_failure(path: str, exc: OSError) -> str:
+    message = f"cannot open {path}: {exc.strerror}"
+    if exc.errno == errno.EROFS:
+        message += (
+            " (under the systemd unit only /var/log/oomtrace is writable; "
+            "add the directory to ReadWritePaths= in a drop-in)"
+        )
+    return message
+
+
+class SinkSet:
+    name = "sinks"
+
+    def __init__(self, sinks: dict[SinkSpec, QueuedSink]) -> None:
+        # Replaced whole, never mutated: the metrics thread reads it.
+        self._sinks = sinks
+        self._log = log.get()
+
+    @classmethod
+    def open(cls, settings: Settings) -> SinkSet:
+        opened: dict[SinkSpec, QueuedSink] = {}
+        try:
+            for spec in specs(settings):
+                opened[spec] = open_sink(spec, settings)
+        except ConfigError:
+            _close_all(list(opened.values()), timeout=0)
+            raise
+        return cls(opened)
+
+    @property
+    def names(self) -> list[str]:
+        return [spec.name for spec in self._sinks]
+
+    def emit(self, event: Event) -> None:
+        for sink in self._sinks.values():
+            sink.emit(event)
+
+    def reopen(self) -> None:
+        for sink in self._sinks.values():
+            sink.reopen()
+
+    def reconfigure(self, settings: Settings) -> dict[str, list[str]]:
+        """Makes the set match ``settings``; on ConfigError nothing changed."""
+        wanted = specs(settings)
+        added: dict[SinkSpec, QueuedSink] = {}
+        try:
+            for spec in wanted:
+                if spec not in self._sinks:
+                    added[spec] = open_sink(spec, settings)
+        except ConfigError:
+            _close_all(list(added.values()), timeout=0)
+            raise
+        removed = [sink for spec, sink in self._sinks.items() if spec not in wanted]
+        kept = {spec: self._sinks.get(spec) or added[spec] for spec in wanted}
+        for sink in kept.values():
+            sink.configure(capacity=settings.sink_queue_size, overflow=settings.sink_overflow)
+        self._sinks = kept
+        if removed:
+            threading.Thread(
+                target=self._retire, args=(removed,), name="sink-retire", daemon=True
+            ).start()
+        return {
+            "added": [spec.name for spec in added],
+            "removed": [sink.name for sink in removed],
+        }
+
+    def take_drops(self) -> dict[str, dict[str, int]]:
+        drops: dict[str, dict[str, int]] = {}
+        for sink in self._sinks.values():
+            drops |= sink.take_drops()
+        return drops
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        totals: dict[str, dict[str, int]] = {}
+        for sink in self._sinks.values():
+            totals |= sink.stats()
+        return totals
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        sinks = list(self._sinks.values())
+        _close_all(sinks, timeout)
+        totals: dict[str, dict[str, int]] = {}
+        for sink in sinks:
+            totals |= sink.stats()
+        # The last word on delivery: what each sink wrote, what its reader
+        # confirmed, and what it had to drop, including at this exit.
+        self._log.info("sinks_closed", sinks=totals)
+
+    def _retire(self, sinks: list[QueuedSink]) -> None:
+        _close_all(sinks, CLOSE_TIMEOUT_S)
+        totals: dict[str, dict[str, int]] = {}
+        for sink in sinks:
+            totals |= sink.stats()
+        self._log.info("sinks_removed", sinks=totals)
+
+
+def _close_all(sinks: list[QueuedSink], timeout: float) -> None:
+    """Closes sinks side by side: one slow consumer does not eat the others' time."""
+    deadline = time.monotonic() + timeout
+    for sink in sinks:
+        sink.request_close(deadline)
+    for sink in sinks:
+        sink.wait_closed(deadline)
