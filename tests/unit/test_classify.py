@@ -586,8 +586,8 @@ EXPLANATION_CASES = [
             },
         },
         False,
-        ("reached its 48 MiB limit (anon ?, file ?)",),
-        (),
+        ("reached its 48 MiB limit; the allocation",),
+        ("anon ?",),
         id="oom-limit-without-memcg-stat",
     ),
     pytest.param(
