@@ -11,7 +11,8 @@ same for each memory.oom.group member. With the kprobe tier, the oom_kill_proces
 record opens the context exactly. With tracepoints only, a context is the run of
 SI_KERNEL SIGKILLs and marks from one trigger thread with less than ``window_ns``
 between them, closed early when one of its victims exits (a new OOM in the same
-scope cannot choose a victim before the previous one is gone or reaped).
+scope cannot choose a victim before the previous one is gone or reaped), unless
+the trigger itself is one of them.
 """
 
 from __future__ import annotations
@@ -223,6 +224,10 @@ class Correlator:
             and ctx.victims > 0
             and ctx.closed
             and rec.ktime_ns - ctx.last_ktime_ns > CLOSED_GAP_NS
+            # A trigger killed in this run bypasses the memcg charge from then
+            # on (a fatal signal is pending), so it cannot start another run:
+            # however slow the machine, its later marks are group members.
+            and not self._context_has_victim(ctx, rec.trigger.tgid)
         ):
             ctx = self._open_context(rec.trigger, rec.ktime_ns, kprobe=None)
         group_member = ctx.victims > 0

@@ -303,6 +303,30 @@ def test_oom_group_gives_one_oom_kill_per_member_in_one_context() -> None:
     assert f.corr.pending_count() == 0
 
 
+def test_oom_group_stays_one_context_when_a_member_exits_mid_scan() -> None:
+    """On a slow machine a member exits before the scan reaches the next one,
+    which more than CLOSED_GAP later looks like a new run; but the trigger was
+    killed in this run, so it cannot have started another."""
+    f = feeder()
+    hog = task(201, comm="hog")
+    first = signal(T0, hog, 201, comm="hog")
+    f(first, mark(T0 + 10_000, hog, 201, comm="hog"))
+    second = signal(T0 + 1 * MS, hog, 202)
+    f(second, mark(T0 + 1 * MS + 10_000, hog, 202), deliver(T0 + 2 * MS, second))
+    f(exit_(T0 + 3 * MS, second))
+    third = signal(T0 + 10 * MS, hog, 203)
+    f(third, mark(T0 + 10 * MS + 10_000, hog, 203))
+    for sig in (first, third):
+        f(deliver(T0 + 11 * MS, sig), exit_(T0 + 12 * MS, sig))
+
+    assert sorted((k.victim_tid, k.group_kill) for k in f.kills) == [
+        (201, False),
+        (202, True),
+        (203, True),
+    ]
+    assert len({id(k.context) for k in f.kills}) == 1
+
+
 def test_mm_sharer_is_a_group_kill_once_the_window_passes() -> None:
     """A process sharing the victim's mm gets SI_KERNEL SIGKILL right after the
     victim's mark, and no mark of its own."""

@@ -62,11 +62,15 @@ def test_host_hog_drives_a_global_oom(agents: dict[str, AgentProcess]) -> None:
     assert oom["scope"] == "node"
     assert oom["memcg"] is None
     assert event["victim"]["oom_score_adj"] == 1000
+    # In a global OOM the trigger is whichever task's allocation failed first:
+    # mostly the hog, but any busy process (containerd, journald) can draw it.
     trigger = event["trigger"]
-    assert trigger["comm"] == Path(sys.executable).name[:15]
-    assert trigger["cgroup"].endswith(f"updatedb-{os.getpid()}.scope")
-    assert oom["top_holders"][0]["comm"] == trigger["comm"]
-    assert oom["top_holders"][0]["pid"] == trigger["pid"]
+    assert trigger["pid"] > 0 and trigger["comm"]
+    if trigger["pid"] == hog.pid:
+        assert trigger["cgroup"].endswith(f"updatedb-{os.getpid()}.scope")
+    # Whoever drew it, the hog is what ate the node, and the event says so.
+    assert oom["top_holders"][0]["pid"] == hog.pid
+    assert oom["top_holders"][0]["comm"] == Path(sys.executable).name[:15]
     assert "global OOM" in event["explanation"]
     assert event["victim"]["exit"]["code"] == 137
     plain = agents["tracepoint"].wait_for(victim_pid(idle.pid), timeout=60)
