@@ -19,7 +19,22 @@ from tests.support.agent import AgentProcess, victim_pid
 
 pytestmark = pytest.mark.vm
 
-HOG = "x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n"
+IDLE = "import sys, time\nb = b'x' * (64 << 20)\nprint('held', flush=True)\ntime.sleep(600)\n"
+# Grows until the process given in argv[1] is dead (zombie or gone), then holds
+# what it has: one OOM kill, and the hog still on top when the agent reads /proc.
+HOG_UNTIL = """
+import sys, time
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+x = []
+while alive(sys.argv[1]):
+    x.append(bytearray(1 << 20))
+time.sleep(600)
+"""
 
 
 def adjusted(adj: int) -> Any:
@@ -43,12 +58,17 @@ def runner_protected() -> Iterator[None]:
 
 def test_host_hog_drives_a_global_oom(agents: dict[str, AgentProcess]) -> None:
     # A BestEffort-like idle process (adj 1000) and a host hog (adj 0) outside
-    # any limited cgroup: the kernel kills the idle one first.
-    idle = subprocess.Popen(["sleep", "600"], preexec_fn=adjusted(1000))
+    # any limited cgroup: the kernel kills the idle one first. What the idle one
+    # holds satisfies the hog's last allocation once the reaper frees it.
+    idle = subprocess.Popen(
+        [sys.executable, "-c", IDLE], preexec_fn=adjusted(1000), stdout=subprocess.PIPE
+    )
+    assert idle.stdout is not None
+    assert idle.stdout.readline().strip() == b"held"
     with runner_protected():
         hog = subprocess.Popen(
             ["systemd-run", "--scope", "--quiet", "--unit", f"updatedb-{os.getpid()}",
-             sys.executable, "-c", HOG],
+             sys.executable, "-c", HOG_UNTIL, str(idle.pid)],
             preexec_fn=adjusted(0),
         )  # fmt: skip
         try:
@@ -69,7 +89,7 @@ def test_host_hog_drives_a_global_oom(agents: dict[str, AgentProcess]) -> None:
     if trigger["pid"] == hog.pid:
         assert trigger["cgroup"].endswith(f"updatedb-{os.getpid()}.scope")
     # Whoever drew it, the hog is what ate the node, and the event says so.
-    assert oom["top_holders"][0]["pid"] == hog.pid
+    assert oom["top_holders"][0]["pid"] == hog.pid, (trigger, oom["top_holders"])
     assert oom["top_holders"][0]["comm"] == Path(sys.executable).name[:15]
     assert "global OOM" in event["explanation"]
     assert event["victim"]["exit"]["code"] == 137
