@@ -6,6 +6,7 @@ flags) is configfile.py's job; this module only says what a valid value is.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -55,6 +56,8 @@ def parse_endpoint(text: str, *, default_host: str | None = None) -> Endpoint:
     text = text.strip()
     host, sep, port_text = text.rpartition(":")
     if not sep:
+        if default_host is None:
+            raise ValueError(f"{text!r} is not HOST:PORT, as in 127.0.0.1:5140")
         host, port_text = "", text
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -139,10 +142,32 @@ def check_output_path(path: Path) -> None:
         raise ConfigError(f"directory {path.parent} does not exist", key="output")
     if path.is_dir():
         raise ConfigError(f"{path} is a directory", key="output")
-    target = path if path.exists() else path.parent
-    needed = os.W_OK if path.exists() else os.W_OK | os.X_OK
-    if not os.access(target, needed):
-        raise ConfigError(f"{target} is not writable by this user", key="output")
+    problem = _unwritable(path)
+    if problem:
+        raise ConfigError(f"cannot write {path}: {problem}", key="output")
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be appended to, found without creating or changing
+    anything (access(2) would say yes to root on a read-only mount or in /proc)."""
+    try:
+        if path.exists():
+            # O_NONBLOCK: a FIFO with no reader yet must not hang the check.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC)
+        else:
+            # An unnamed file in the directory: the same permission and
+            # file-system checks as creating the real one, gone on close.
+            fd = os.open(path.parent, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return None  # a FIFO nobody reads yet
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            # No O_TMPFILE on this file system: the best left is access(2).
+            ok = os.access(path.parent, os.W_OK | os.X_OK)
+            return None if ok else os.strerror(errno.EACCES)
+        return exc.strerror or str(exc)
+    os.close(fd)
+    return None
 
 
 def check_socket_path(path: Path) -> None:

@@ -115,25 +115,36 @@ def vocabulary(btf: Btf | None) -> KernelVocabulary:
     return KernelVocabulary(gfp_bits=gfp or dict(GFP_BITS_BEFORE_6_8), constraints=constraints)
 
 
-def find_symbol(name: str, kallsyms: Path = Path("/proc/kallsyms")) -> str | None:
+def find_symbol(
+    name: str, kallsyms: Path = Path("/proc/kallsyms"), tracefs: Path | None = None
+) -> str | None:
     """The kernel's symbol for function `name`: itself, or a compiler clone
     (name.constprop.0, name.isra.0) when only that exists. `.cold` parts are
-    not entry points."""
-    clone: str | None = None
-    try:
-        with kallsyms.open(encoding="ascii", errors="replace") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 3 or not parts[2].startswith(name):
-                    continue
-                symbol = parts[2]
-                if symbol == name:
-                    return symbol
-                if symbol.startswith(name + ".") and not symbol.endswith(".cold"):
-                    clone = clone or symbol
-    except OSError:
-        return None
-    return clone
+    not entry points.
+
+    Read from /proc/kallsyms, or where that is hidden (systemd's
+    ProtectKernelTunables= masks it) from tracefs's available_filter_functions,
+    the functions a kprobe can attach to."""
+    sources = [(kallsyms, 2)]
+    if tracefs is not None:
+        sources.append((tracefs / "available_filter_functions", 0))
+    for path, column in sources:
+        clone: str | None = None
+        try:
+            with path.open(encoding="ascii", errors="replace") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) <= column or not parts[column].startswith(name):
+                        continue
+                    symbol = parts[column]
+                    if symbol == name:
+                        return symbol
+                    if symbol.startswith(name + ".") and not symbol.endswith(".cold"):
+                        clone = clone or symbol
+        except OSError:
+            continue
+        return clone
+    return None
 
 
 class TracefsError(RuntimeError):
@@ -208,7 +219,12 @@ def task_offsets(btf: Btf) -> TaskOffsets:
 def kernel_headers_dir(release: str | None = None) -> Path | None:
     """The running kernel's header tree, which bcc finds by itself when it exists."""
     build = Path("/lib/modules") / (release or platform.release()) / "build"
-    return build if build.is_dir() else None
+    try:
+        return build if build.is_dir() else None
+    except OSError:
+        # Hidden (systemd's ProtectKernelModules= makes /lib/modules unreadable):
+        # the stub tree and BTF stand in, as on a kernel without headers.
+        return None
 
 
 def has_kprobes(tracefs: Path) -> bool:

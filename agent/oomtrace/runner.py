@@ -30,13 +30,34 @@ def check_privileges() -> None:
             f"missing capabilities {', '.join(missing)}: loading BPF tracing programs needs "
             "them. Run as root (sudo oomtrace --follow) or grant them to the process."
         )
-    lacking = privileges.missing_for_proc(caps)
-    if lacking:
+    # The /proc/<pid> files read (stat, status, cmdline, cgroup, oom_score_adj,
+    # statm) are world-readable, unless /proc hides other users' processes.
+    if hidepid() and not caps & (1 << privileges.CAP_SYS_PTRACE):
         log.get().warning(
             "limited_proc_access",
-            missing=lacking,
-            effect="cmdline, tty and parents of other users' processes may be missing",
+            missing=[privileges.NAMES[privileges.CAP_SYS_PTRACE]],
+            effect="/proc is mounted with hidepid: other users' processes are invisible, "
+            "so their command line, tty and parents are missing from events",
         )
+
+
+def hidepid(mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether this process's /proc is mounted with hidepid= (other than 0/off)."""
+    try:
+        with open(mountinfo) as f:
+            lines = f.readlines()
+    except OSError:
+        return False
+    hidden = False
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or fields[4] != "/proc" or len(tail) < 3 or tail[0] != "proc":
+            continue
+        # The last mount on /proc is the one in effect.
+        options = dict(o.partition("=")[::2] for o in tail[2].split(","))
+        hidden = options.get("hidepid", "0") not in ("0", "off")
+    return hidden
 
 
 # What the kubelet and container runtimes give themselves: the OOM killer takes
@@ -100,8 +121,8 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
     # thread's Python stack in the journal.
     faulthandler.enable()
     check_privileges()
-    protect_from_oom_killer()
     sinks, metrics = _outputs(settings)
+    protect_from_oom_killer()
     notifier = Notifier()
     lifecycle = Lifecycle(settings, sinks, notifier, reload or (lambda: settings))
     lifecycle.install_reload_handler()

@@ -36,6 +36,10 @@ BATCH_BYTES: Final = 1 << 20
 # While a consumer stays unreachable, say so again this often.
 UNREACHABLE_LOG_S: Final = 60.0
 CLOSE_TIMEOUT_S: Final = 2.0
+# What Transport.check returns when the reader closed its end cleanly. The kernel
+# (TCP and unix stream alike) resets instead when the reader closes with bytes
+# still unread, so a clean close means it took everything it was sent.
+CLOSED: Final = "the consumer closed the connection"
 
 
 class Transport(Protocol):
@@ -211,6 +215,8 @@ class QueuedSink:
             if not self._connect():
                 return
         reason = self.transport.check()
+        if reason == CLOSED:
+            self._confirm(everything=True)
         if reason is not None:
             self._disconnect(reason, level="info" if reason == "rotated" else "warning")
             return
@@ -316,11 +322,11 @@ class QueuedSink:
         self._backoff.reset()
         self._confirm()
 
-    def _confirm(self) -> None:
+    def _confirm(self, *, everything: bool = False) -> None:
         if not self._unconfirmed:
             return
         try:
-            unread = self.transport.unread()
+            unread = 0 if everything else self.transport.unread()
         except OSError:
             return  # check() will find the broken connection
         consumed = self._written if unread is None else self._written - unread

@@ -14,6 +14,7 @@ from typing import Final
 
 from oomtrace.config import Endpoint
 from oomtrace.sinks.peer import TcpPeer, outq
+from oomtrace.sinks.queued import CLOSED
 
 CONNECT_TIMEOUT_S: Final = 2.0
 # A shipper that takes nothing for this long is treated as gone: the connection
@@ -58,7 +59,7 @@ class _SocketTransport:
             return None
         except OSError as exc:
             return exc.strerror or str(exc)
-        return None if data else "the consumer closed the connection"
+        return None if data else CLOSED
 
     def disconnect(self) -> None:
         if self._sock is not None:
