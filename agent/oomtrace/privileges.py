@@ -5,14 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-CAP_DAC_READ_SEARCH: Final = 2
 CAP_SYS_PTRACE: Final = 19
 CAP_SYS_ADMIN: Final = 21
 CAP_PERFMON: Final = 38
 CAP_BPF: Final = 39
 
 NAMES: Final = {
-    CAP_DAC_READ_SEARCH: "CAP_DAC_READ_SEARCH",
     CAP_SYS_PTRACE: "CAP_SYS_PTRACE",
     CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
     CAP_PERFMON: "CAP_PERFMON",
@@ -45,7 +43,3 @@ def missing_for_bpf(caps: int, last: int) -> list[str]:
         return [NAMES[CAP_SYS_ADMIN]]
     return [NAMES[c] for c in (CAP_BPF, CAP_PERFMON) if not caps & (1 << c)]
 
-
-def missing_for_proc(caps: int) -> list[str]:
-    """Capabilities that let /proc of other users' processes be read (cmdline, tty)."""
-    return [NAMES[c] for c in (CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH) if not caps & (1 << c)]
