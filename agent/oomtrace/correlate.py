@@ -177,6 +177,10 @@ class Correlator:
     def pending_count(self) -> int:
         return len(self._pending)
 
+    def idle(self) -> bool:
+        """Nothing waits for a deadline: tick() has nothing to do until a record comes."""
+        return not self._pending and not self._held
+
     def on_proc_exit(self, proc_exit: ProcExit) -> None:
         """A victim's exit seen on the proc connector. The kernel's own exit record
         usually follows within microseconds and is preferred; this one stands in

@@ -2,7 +2,7 @@
 
 The C that is loaded is one text: the #defines computed for this kernel, then
 ``bpf/oomtrace.h``, ``bpf/common.bpf.h`` and one file per concern. ``--ebpf``
-prints exactly that text.
+prints exactly that text. It is compiled in a child process (oomtrace.loader).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
+from oomtrace import loader
 from oomtrace.features import KernelFeatures, find_symbol, page_size
 from oomtrace.records import REC_KINDS
 from oomtrace.sigdefs import signal_mask
@@ -128,7 +129,7 @@ def plan(
     if tier != "tracepoint":
         why_not = _kprobe_unavailable(features)
         if why_not is None:
-            kprobe_symbol = find_symbol("oom_kill_process")
+            kprobe_symbol = find_symbol("oom_kill_process", tracefs=features.tracefs)
             if kprobe_symbol is None:
                 why_not = "oom_kill_process is not in /proc/kallsyms (inlined or renamed)"
         if why_not is not None:
@@ -195,16 +196,18 @@ def _captured_stderr() -> Iterator[IO[str]]:
             os.close(saved)
 
 
-class Probes:
-    """The loaded programs: a ring buffer to poll and counters to read."""
+def _text(name: object) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
 
-    def __init__(self, p: Plan, signals: frozenset[int]) -> None:
-        self.plan = p
-        text = assemble(p)
-        if p.kernel_source is not None:
+
+class Compiled:
+    """The programs compiled, loaded and attached by bcc in this process."""
+
+    def __init__(self, text: str, kernel_source: Path | None, kprobe_symbol: str | None) -> None:
+        if kernel_source is not None:
             # bcc only compiles with a kernel tree; tracepoint programs need
             # none of its types, so a stub tree stands in.
-            os.environ["BCC_KERNEL_SOURCE"] = str(p.kernel_source)
+            os.environ["BCC_KERNEL_SOURCE"] = str(kernel_source)
         try:
             from bcc import BPF
         except ImportError as exc:
@@ -214,7 +217,7 @@ class Probes:
             ) from exc
         with _captured_stderr() as compiler_output:
             try:
-                self._bpf: Any = BPF(text=text)
+                self.bpf: Any = BPF(text=text)
             except Exception as exc:
                 detail = _rewound(compiler_output)
                 raise LoadError(
@@ -222,47 +225,100 @@ class Probes:
                     + (f"\n{detail}" if detail else "")
                 ) from exc
             self.compiler_output = _rewound(compiler_output)
-        if p.kprobe_symbol is not None:
-            self._attach_kprobe(p, p.kprobe_symbol)
-        self.set_signals(signals)
+        self.kprobe_error: str | None = None
+        if kprobe_symbol is not None:
+            try:
+                self.bpf.attach_kprobe(event=kprobe_symbol, fn_name="oomtrace_oom_kill_process")
+            except Exception as exc:
+                # The kernel may refuse (e.g. the symbol is on its kprobe blacklist).
+                self.kprobe_error = f"attaching to {kprobe_symbol} failed: {exc}"
 
-    def _attach_kprobe(self, p: Plan, symbol: str) -> None:
-        try:
-            self._bpf.attach_kprobe(event=symbol, fn_name="oomtrace_oom_kill_process")
-        except Exception as exc:
-            # The kernel may refuse (e.g. the symbol is on its kprobe blacklist).
-            if p.requested_tier == "kprobe":
-                self._bpf.cleanup()
-                raise LoadError(f"--tier kprobe: attaching to {symbol} failed: {exc}") from exc
-            p.missing[KPROBE_PROGRAM.hooks[0]] = f"attaching to {symbol} failed: {exc}"
-            p.programs.remove(KPROBE_PROGRAM)
-            p.tier = "tracepoint"
+    def handover_fds(self, maps: tuple[str, ...]) -> tuple[list[int], list[str]]:
+        """The fds that hold the maps and keep each program attached, with names."""
+        fds: list[int] = []
+        names: list[str] = []
+        for name in maps:
+            names.append(f"map:{name}")
+            fds.append(self.bpf[name].map_fd)
+        for table in (self.bpf.tracepoint_fds, self.bpf.raw_tracepoint_fds):
+            for hook, fd in table.items():
+                names.append(f"link:{_text(hook)}")
+                fds.append(fd)
+        for event, by_fn in self.bpf.kprobe_fds.items():
+            for fn, fd in by_fn.items():
+                names.append(f"link:{_text(event)}:{_text(fn)}")
+                fds.append(fd)
+        return fds, names
 
-    def set_signals(self, signals: frozenset[int]) -> None:
-        table = self._bpf["traced_signals"]
-        table[ctypes.c_int(0)] = ctypes.c_uint64(signal_mask(signals))
+    def set_mask(self, mask: int) -> None:
+        self.bpf["traced_signals"][ctypes.c_int(0)] = ctypes.c_uint64(mask)
 
     def open(self, callback: RawCallback) -> None:
-        """Calls `callback` with a copy of each record; it must only enqueue."""
-
         def on_record(_ctx: Any, data: Any, size: int) -> int:
             callback(ctypes.string_at(data, size))
             return 0
 
         # bcc keeps the ctypes callback alive for the buffer's lifetime.
-        self._bpf["events"].open_ring_buffer(on_record)
+        self.bpf["events"].open_ring_buffer(on_record)
 
     def poll(self, timeout_ms: int) -> None:
-        self._bpf.ring_buffer_poll(timeout_ms)
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def lost(self, kind: int) -> int:
+        table = self.bpf["lost_records"]
+        return int(table.sum(table.Key(kind)).value)
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+class Probes:
+    """The loaded programs: a ring buffer to poll and counters to read.
+
+    By default a short-lived child compiles and attaches them and hands the kernel
+    objects over (oomtrace.loader), so that LLVM never weighs on the agent;
+    ``in_process`` compiles here instead, keeping bcc and LLVM mapped.
+    """
+
+    def __init__(self, p: Plan, signals: frozenset[int], *, in_process: bool = False) -> None:
+        self.plan = p
+        text = assemble(p)
+        self.backend: Compiled | loader.Handed
+        if in_process or not loader.supported():
+            self.backend = Compiled(text, p.kernel_source, p.kprobe_symbol)
+        else:
+            try:
+                fds, meta = loader.load_in_child(text, p.kernel_source, p.kprobe_symbol)
+                self.backend = loader.Handed(fds, meta)
+            except loader.HandoverError as exc:
+                raise LoadError(str(exc)) from exc
+        self.compiler_output = self.backend.compiler_output
+        if self.backend.kprobe_error is not None:
+            self._kprobe_failed(p, self.backend.kprobe_error)
+        self.set_signals(signals)
+
+    def _kprobe_failed(self, p: Plan, error: str) -> None:
+        if p.requested_tier == "kprobe":
+            self.backend.close()
+            raise LoadError(f"--tier kprobe: {error}")
+        p.missing[KPROBE_PROGRAM.hooks[0]] = error
+        p.programs.remove(KPROBE_PROGRAM)
+        p.tier = "tracepoint"
+
+    def set_signals(self, signals: frozenset[int]) -> None:
+        self.backend.set_mask(signal_mask(signals))
+
+    def open(self, callback: RawCallback) -> None:
+        """Calls `callback` with a copy of each record; it must only enqueue."""
+        self.backend.open(callback)
+
+    def poll(self, timeout_ms: int) -> None:
+        self.backend.poll(timeout_ms)
 
     def lost_counts(self) -> dict[int, int]:
         """Records dropped for lack of ring-buffer room since load, by kind."""
-        table = self._bpf["lost_records"]
-        return {
-            kind: int(table.sum(table.Key(kind)).value)
-            for kind in range(REC_KINDS)
-            if table.sum(table.Key(kind)).value
-        }
+        counts = {kind: self.backend.lost(kind) for kind in range(REC_KINDS)}
+        return {kind: n for kind, n in counts.items() if n}
 
     def close(self) -> None:
-        self._bpf.cleanup()
+        self.backend.close()

@@ -30,8 +30,14 @@ from oomtrace.probes import Probes
 from oomtrace.records import KIND_NAMES, DecodeError, RecordDecoder
 from oomtrace.sinks import Accounted, Sink
 
+# While kills wait for their exit or window, deadlines are checked this often;
+# with none pending the loop only wakes for records and the periodic checks,
+# so an idle node costs a few wake-ups a second.
 TICK_S: Final = 0.02
-POLL_MS: Final = 100
+IDLE_TICK_S: Final = 0.5
+# A ring buffer record wakes the reader at once; the timeout only bounds how
+# long a stop request waits for it.
+POLL_MS: Final = 500
 LOST_CHECK_S: Final = 1.0
 CLOCK_RESYNC_S: Final = 60.0
 
@@ -162,7 +168,7 @@ class Agent:
         next_resync = time.monotonic() + CLOCK_RESYNC_S
         next_stats = time.monotonic() + self.settings.stats_interval
         while not self.stop_event.is_set():
-            self._process_queue(timeout=TICK_S)
+            self._process_queue(timeout=IDLE_TICK_S if self.correlator.idle() else TICK_S)
             self._emit_kills(self.correlator.tick(time.monotonic_ns()))
             now = time.monotonic()
             if now >= next_lost:

@@ -1,0 +1,373 @@
+"""Compiling in a short-lived child, so the agent never holds LLVM.
+
+bcc links LLVM and clang: importing it maps some 60 MB of libraries into the
+process, and compiling grows the heap by 40 MB more, none of which is used once
+the programs are loaded. So a child process compiles and attaches the programs
+(oomtrace.probes.Compiled), then hands the kernel objects over a unix socket
+(SCM_RIGHTS): the map fds, and the perf-event and raw-tracepoint fds that keep
+each program attached. The kernel objects live as long as some process holds
+their fds, so the child may exit; it does so with os._exit, because bcc's exit
+handler would first disable the perf events the agent now shares.
+
+The agent then needs no bcc at all: it reads the ring buffer through mmap and
+epoll, and the few map entries it uses with the bpf(2) syscall.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import mmap
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+# bpf(2) commands (include/uapi/linux/bpf.h)
+BPF_MAP_LOOKUP_ELEM: Final = 1
+BPF_MAP_UPDATE_ELEM: Final = 2
+BPF_OBJ_GET_INFO_BY_FD: Final = 15
+NR_BPF: Final = {"x86_64": 321, "aarch64": 280}
+
+# The ring buffer's record header: u32 length with these two flags, u32 page offset.
+RINGBUF_BUSY: Final = 1 << 31
+RINGBUF_DISCARD: Final = 1 << 30
+RINGBUF_HDR: Final = 8
+PAGE: Final = mmap.PAGESIZE
+
+MAPS: Final = ("events", "lost_records", "traced_signals")
+# A compile on a loaded node is slow, but one that takes this long is stuck.
+CHILD_TIMEOUT_S: Final = 600.0
+MAX_FDS: Final = 64
+
+RawCallback = Callable[[bytes], None]
+
+
+class HandoverError(RuntimeError):
+    """The child could not compile, attach or hand over the programs."""
+
+
+def supported() -> bool:
+    """Whether this process can drive handed-over maps (bpf(2) is a raw syscall here)."""
+    return os.uname().machine in NR_BPF and bool(sys.executable)
+
+
+# -- the child -------------------------------------------------------------------
+
+
+def child_main(sock_fd: int) -> None:
+    """Reads the request, compiles and attaches, hands over the fds, exits without
+    bcc's cleanup. Never returns."""
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        request = json.loads(_read_all(sock))
+        from oomtrace.probes import Compiled
+
+        source = request["kernel_source"]
+        compiled = Compiled(
+            request["text"], Path(source) if source else None, request["kprobe_symbol"]
+        )
+        fds, names = compiled.handover_fds(MAPS)
+        meta = {
+            "names": names,
+            "compiler_output": compiled.compiler_output,
+            "kprobe_error": compiled.kprobe_error,
+        }
+        socket.send_fds(sock, [json.dumps(meta).encode()], fds)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            sock.sendall(json.dumps({"error": str(exc), "type": type(exc).__name__}).encode())
+    finally:
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(0)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- the agent's side ------------------------------------------------------------
+
+
+def load_in_child(
+    text: str, kernel_source: Path | None, kprobe_symbol: str | None
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Runs the child; returns the fds by name ("map:events", "link:...") and what it
+    said (compiler_output, kprobe_error). Raises HandoverError."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryFile() as stderr, parent:
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from oomtrace.loader import child_main; "
+                    "child_main(int(sys.argv[1]))",
+                    str(child.fileno()),
+                ],
+                pass_fds=[child.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=stderr,
+                stderr=stderr,
+                env=env,
+                close_fds=True,
+            )
+        finally:
+            child.close()
+        try:
+            request = {"text": text, "kernel_source": kernel_source, "kprobe_symbol": kprobe_symbol}
+            parent.sendall(json.dumps(request, default=str).encode())
+            parent.shutdown(socket.SHUT_WR)
+            parent.settimeout(CHILD_TIMEOUT_S)
+            first, fds, _flags, _addr = socket.recv_fds(parent, 1 << 16, MAX_FDS)
+            for fd in fds:
+                # Received without close-on-exec: no later child may keep a probe attached.
+                os.set_inheritable(fd, False)
+            message = first + (_read_all(parent) if first else b"")
+        except (OSError, TimeoutError) as exc:
+            proc.kill()
+            raise HandoverError(f"the loader child did not answer: {exc}") from exc
+        finally:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(30)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if not message:
+            for fd in fds:
+                os.close(fd)
+            stderr.seek(0)
+            tail = stderr.read()[-2000:].decode(errors="replace").strip()
+            raise HandoverError(
+                f"the loader child exited ({proc.returncode}) without an answer"
+                + (f": {tail}" if tail else "")
+            )
+    meta: dict[str, Any] = json.loads(message)
+    if "error" in meta:
+        for fd in fds:
+            os.close(fd)
+        raise HandoverError(meta["error"])
+    names: list[str] = meta.pop("names")
+    if len(names) != len(fds):
+        for fd in fds:
+            os.close(fd)
+        raise HandoverError(f"the loader child sent {len(fds)} fds for {len(names)} names")
+    return dict(zip(names, fds, strict=True)), meta
+
+
+class _ElemAttr(ctypes.Structure):
+    # union bpf_attr, BPF_MAP_*_ELEM
+    _fields_ = (
+        ("map_fd", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    )
+
+
+class _InfoAttr(ctypes.Structure):
+    # union bpf_attr, BPF_OBJ_GET_INFO_BY_FD
+    _fields_ = (
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    )
+
+
+class MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info: all that is needed to size keys and values."""
+
+    _fields_ = (
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("name", ctypes.c_char * 16),
+    )
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> None:
+    nr = NR_BPF[os.uname().machine]
+    # syscall(2) is variadic and reads longs: pass longs, not C ints.
+    ret = _libc.syscall(
+        ctypes.c_long(nr),
+        ctypes.c_long(cmd),
+        ctypes.c_void_p(ctypes.addressof(attr)),
+        ctypes.c_long(ctypes.sizeof(attr)),
+    )
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
+    attr = _InfoAttr(bpf_fd=fd, info_len=ctypes.sizeof(info), info=ctypes.addressof(info))
+    _bpf(BPF_OBJ_GET_INFO_BY_FD, attr)
+    return info
+
+
+def possible_cpus() -> int:
+    """What the kernel sizes per-CPU map values by: every possible CPU, online or not."""
+    text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+    count = 0
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        count += int(hi or lo) - int(lo) + 1
+    return count
+
+
+class BpfMap:
+    """An array map driven through bpf(2): u32 keys, fixed-size values."""
+
+    def __init__(self, fd: int, *, per_cpu: bool = False) -> None:
+        self.fd = fd
+        info = map_info(fd)
+        if info.key_size != 4:
+            raise HandoverError(f"map {info.name!r}: key of {info.key_size} bytes, not u32")
+        self.value_size = info.value_size
+        # Per-CPU values come as one slot per possible CPU, each 8-byte aligned.
+        self.slot = (info.value_size + 7) & ~7 if per_cpu else info.value_size
+        self.slots = possible_cpus() if per_cpu else 1
+
+    def lookup(self, key: int) -> bytes:
+        k = ctypes.c_uint32(key)
+        value = ctypes.create_string_buffer(self.slot * self.slots)
+        _bpf(
+            BPF_MAP_LOOKUP_ELEM,
+            _ElemAttr(map_fd=self.fd, key=ctypes.addressof(k), value=ctypes.addressof(value)),
+        )
+        return value.raw
+
+    def sum_u64(self, key: int) -> int:
+        raw = self.lookup(key)
+        return sum(struct.unpack_from("<Q", raw, n * self.slot)[0] for n in range(self.slots))
+
+    def update(self, key: int, value: bytes) -> None:
+        if len(value) != self.value_size:
+            raise ValueError(f"value of {len(value)} bytes for a map of {self.value_size}")
+        k = ctypes.c_uint32(key)
+        v = ctypes.create_string_buffer(value, len(value))
+        _bpf(
+            BPF_MAP_UPDATE_ELEM,
+            _ElemAttr(map_fd=self.fd, key=ctypes.addressof(k), value=ctypes.addressof(v)),
+        )
+
+
+class RingBuffer:
+    """A BPF ring buffer read through mmap, as libbpf reads it: the consumer page
+    (read-write), then the producer page and the data pages, which the kernel maps
+    twice in a row so that a record that wraps reads as one slice."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        size = map_info(fd).max_entries
+        self.mask = size - 1
+        self._cons = mmap.mmap(fd, PAGE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._data = mmap.mmap(fd, PAGE + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE)
+        self._epoll = select.epoll()
+        # Level-triggered: the kernel reports readable while consumer != producer.
+        self._epoll.register(fd, select.EPOLLIN)
+        self._u64 = struct.Struct("<Q")
+        self._u32 = struct.Struct("<I")
+
+    def consume(self, callback: RawCallback) -> int:
+        u64, u32, data = self._u64, self._u32, self._data
+        cons = u64.unpack_from(self._cons, 0)[0]
+        done = 0
+        while True:
+            prod = u64.unpack_from(data, 0)[0]
+            if cons >= prod:
+                return done
+            while cons < prod:
+                at = PAGE + (cons & self.mask)
+                head = u32.unpack_from(data, at)[0]
+                if head & RINGBUF_BUSY:
+                    # Reserved but not yet committed: the commit wakes epoll again.
+                    return done
+                length = head & ~(RINGBUF_BUSY | RINGBUF_DISCARD)
+                if not head & RINGBUF_DISCARD:
+                    callback(data[at + RINGBUF_HDR : at + RINGBUF_HDR + length])
+                    done += 1
+                cons += (length + RINGBUF_HDR + 7) & ~7
+                # Released record by record, so the kernel can reuse the room at once.
+                u64.pack_into(self._cons, 0, cons)
+
+    def poll(self, callback: RawCallback, timeout_ms: int) -> int:
+        done = self.consume(callback)
+        if done:
+            return done
+        try:
+            self._epoll.poll(timeout_ms / 1000)
+        except InterruptedError:
+            return 0
+        return self.consume(callback)
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._cons.close()
+        self._data.close()
+
+
+class Handed:
+    """The loaded programs as fds handed over by the child: the same operations as
+    oomtrace.probes.Compiled, without bcc."""
+
+    def __init__(self, fds: dict[str, int], meta: dict[str, Any]) -> None:
+        self.fds = fds
+        self.compiler_output: str = meta.get("compiler_output") or ""
+        self.kprobe_error: str | None = meta.get("kprobe_error")
+        try:
+            self._signals = BpfMap(fds["map:traced_signals"])
+            self._lost = BpfMap(fds["map:lost_records"], per_cpu=True)
+            self._ring = RingBuffer(fds["map:events"])
+        except (KeyError, OSError, HandoverError) as exc:
+            self.close()
+            raise HandoverError(f"the handed-over maps cannot be used: {exc}") from exc
+        self._callback: RawCallback | None = None
+
+    def set_mask(self, mask: int) -> None:
+        self._signals.update(0, struct.pack("<Q", mask))
+
+    def open(self, callback: RawCallback) -> None:
+        self._callback = callback
+
+    def poll(self, timeout_ms: int) -> None:
+        if self._callback is None:
+            raise RuntimeError("poll before open")
+        self._ring.poll(self._callback, timeout_ms)
+
+    def lost(self, kind: int) -> int:
+        return self._lost.sum_u64(kind)
+
+    def close(self) -> None:
+        ring = getattr(self, "_ring", None)
+        if ring is not None:
+            ring.close()
+        # The last fd of each perf event closes it, which detaches its program.
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds = {}

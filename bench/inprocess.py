@@ -1,0 +1,23 @@
+"""The agent compiling in its own process, as it did before oomtrace.loader: bcc,
+LLVM and clang stay mapped for its whole life. bench.footprint runs it next to the
+agent as shipped to show what the loader child saves.
+
+    sudo .venv/bin/python -m bench.inprocess --follow --format json
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+from oomtrace import cli, probes, runner
+
+
+def main() -> int:
+    # runner looks the name up when it loads: rebinding it there is enough.
+    setattr(runner, "Probes", functools.partial(probes.Probes, in_process=True))  # noqa: B010
+    return cli.main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
