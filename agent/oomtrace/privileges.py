@@ -42,4 +42,3 @@ def missing_for_bpf(caps: int, last: int) -> list[str]:
     if last < CAP_BPF:
         return [NAMES[CAP_SYS_ADMIN]]
     return [NAMES[c] for c in (CAP_BPF, CAP_PERFMON) if not caps & (1 << c)]
-
