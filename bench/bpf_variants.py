@@ -2,11 +2,11 @@
 before it is made: the assembled program text is patched here, loaded with the
 agent's own loader, and timed with the same loop as bench.sigpath.
 
-  as shipped          bpf/ as it is
-  deliver filter      signal_deliver returns at once for a signal that is neither
-                      traced nor SIGKILL (a fatal traced signal is delivered as
-                      SIGKILL), before its two hash lookups
-  deliver raw+filter  the same filter in a raw tracepoint: no trace record is
+  as shipped          bpf/ as it is: signal_deliver returns at once for a signal
+                      that is neither traced nor SIGKILL (a fatal traced signal
+                      is delivered as SIGKILL), before its two hash lookups
+  no deliver filter   the same without that test: what it saves
+  deliver raw+filter  the filter in a raw tracepoint: no trace record is
                       built for the program, code and sa_handler read from the
                       arguments (siginfo, k_sigaction)
   no deliver program  signal_deliver not attached at all: the floor for a design
@@ -26,11 +26,15 @@ from collections.abc import Callable
 from bench import common
 
 DELIVER_HEAD = "TRACEPOINT_PROBE(signal, signal_deliver)\n{\n"
-FILTER = "\tif (args->sig != 9 && !oomtrace_signal_traced(args->sig))\n\t\treturn 0;\n"
+FILTER = (
+    "\tif (args->sig != OOMTRACE_SIGKILL && !oomtrace_signal_traced(args->sig))\n"
+    "\t\treturn 0;\n"
+)
 RAW_HEAD = (
     "RAW_TRACEPOINT_PROBE(signal_deliver)\n{\n"
     "\tint oomtrace_sig = (int)ctx->args[0];\n"
-    "\tif (oomtrace_sig != 9 && !oomtrace_signal_traced(oomtrace_sig))\n\t\treturn 0;\n"
+    "\tif (oomtrace_sig != OOMTRACE_SIGKILL && !oomtrace_signal_traced(oomtrace_sig))\n"
+    "\t\treturn 0;\n"
 )
 
 
@@ -44,15 +48,16 @@ def shipped(text: str) -> str:
     return text
 
 
-def deliver_filter(text: str) -> str:
-    start, _ = _deliver_body(text)
-    cut = start + len(DELIVER_HEAD)
-    return text[:cut] + FILTER + text[cut:]
+def no_deliver_filter(text: str) -> str:
+    start, end = _deliver_body(text)
+    if FILTER not in text[start:end]:
+        raise ValueError("signal_deliver's filter is not the one this patch removes")
+    return text[:start] + text[start:end].replace(FILTER, "", 1) + text[end:]
 
 
 def deliver_raw(text: str) -> str:
     start, end = _deliver_body(text)
-    body = text[start + len(DELIVER_HEAD) : end]
+    body = text[start + len(DELIVER_HEAD) : end].replace(FILTER, "", 1)
     body = body.replace("r->sig = args->sig;", "r->sig = oomtrace_sig;")
     body = body.replace(
         "r->code = args->code;",
@@ -74,7 +79,7 @@ def no_deliver(text: str) -> str:
 
 VARIANTS: dict[str, Callable[[str], str]] = {
     "as shipped": shipped,
-    "deliver filter": deliver_filter,
+    "no deliver filter": no_deliver_filter,
     "deliver raw+filter": deliver_raw,
     "no deliver program": no_deliver,
 }

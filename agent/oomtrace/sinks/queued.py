@@ -36,9 +36,9 @@ BATCH_BYTES: Final = 1 << 20
 # While a consumer stays unreachable, say so again this often.
 UNREACHABLE_LOG_S: Final = 60.0
 CLOSE_TIMEOUT_S: Final = 2.0
-# What Transport.check returns when the reader closed its end cleanly. The kernel
-# (TCP and unix stream alike) resets instead when the reader closes with bytes
-# still unread, so a clean close means it took everything it was sent.
+# What Transport.check returns when the reader closed its end. What was written
+# after it closed is lost whatever it had read before, so a close confirms
+# nothing: the unconfirmed events are sent again (counted as resent).
 CLOSED: Final = "the consumer closed the connection"
 
 
@@ -215,8 +215,6 @@ class QueuedSink:
             if not self._connect():
                 return
         reason = self.transport.check()
-        if reason == CLOSED:
-            self._confirm(everything=True)
         if reason is not None:
             self._disconnect(reason, level="info" if reason == "rotated" else "warning")
             return
@@ -322,11 +320,11 @@ class QueuedSink:
         self._backoff.reset()
         self._confirm()
 
-    def _confirm(self, *, everything: bool = False) -> None:
+    def _confirm(self) -> None:
         if not self._unconfirmed:
             return
         try:
-            unread = 0 if everything else self.transport.unread()
+            unread = self.transport.unread()
         except OSError:
             return  # check() will find the broken connection
         consumed = self._written if unread is None else self._written - unread

@@ -7,6 +7,7 @@ JSON lines, one event per line, which rsyslog (imtcp, imptcp), syslog-ng
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 import struct
 from pathlib import Path
@@ -47,7 +48,20 @@ class _SocketTransport:
 
     def unread(self) -> int | None:
         assert self._sock is not None
-        return outq(self._sock)
+        unread = outq(self._sock)
+        self._raise_if_closed()
+        return unread
+
+    def _raise_if_closed(self) -> None:
+        """A closed connection's queues are purged: its 0 bytes unread would
+        confirm what was written into it after the reader had gone."""
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK)
+        except BlockingIOError:
+            return
+        if not data:
+            raise ConnectionResetError(errno.ECONNRESET, CLOSED)
 
     def check(self) -> str | None:
         """Notices a peer that closed before writing into the dead connection."""
@@ -107,9 +121,11 @@ class TcpTransport(_SocketTransport):
         assert self._sock is not None
         assert self._peer is not None
         peer = self._peer.rqueue()
+        unread = outq(self._sock)
+        self._raise_if_closed()
         if peer is None:
             return None  # a remote shipper: what it read cannot be known
-        return outq(self._sock) + peer
+        return unread + peer
 
     def disconnect(self) -> None:
         super().disconnect()
