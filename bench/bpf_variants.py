@@ -27,8 +27,7 @@ from bench import common
 
 DELIVER_HEAD = "TRACEPOINT_PROBE(signal, signal_deliver)\n{\n"
 FILTER = (
-    "\tif (args->sig != OOMTRACE_SIGKILL && !oomtrace_signal_traced(args->sig))\n"
-    "\t\treturn 0;\n"
+    "\tif (args->sig != OOMTRACE_SIGKILL && !oomtrace_signal_traced(args->sig))\n\t\treturn 0;\n"
 )
 RAW_HEAD = (
     "RAW_TRACEPOINT_PROBE(signal_deliver)\n{\n"
