@@ -103,6 +103,23 @@ def read_kills(path: Path) -> list[tuple[int, int]]:
     return [(pid, t) for pid, _, t in struct.iter_unpack("<IIQ", data)]
 
 
+@dataclass
+class LostCounts:
+    """What the agent's `lost` events say: ring-buffer drops (all kinds, and the
+    signal records among them) and records its own queue dropped."""
+
+    kernel_signal: int = 0
+    kernel_total: int = 0
+    queue: int = 0
+
+    def add(self, lost: common.Json) -> None:
+        if lost["source"] == "kernel_ring_buffer":
+            self.kernel_total += lost["count"]
+            self.kernel_signal += lost["by_kind"].get("signal", 0)
+        else:
+            self.queue += lost["count"]
+
+
 class Tally:
     """Counts, as the agent writes them, the `signal` events of one sender and what
     `lost` events say may hide such a kill; reads only what is new each time."""
@@ -180,7 +197,7 @@ def storm(
     kills = read_kills(out)
     sender = summary["pid"]
     emitted = observed = 0
-    lost_sig = lost_total = lost_queue = 0
+    lost = LostCounts()
     last_event = storm_end
     latency_ms = []
     for read_ns, event in agent.events():
@@ -192,21 +209,16 @@ def storm(
             if ((event.get("victim") or {}).get("exit") or {}).get("observed"):
                 observed += 1
         elif kind == "lost":
-            lost = event["lost"]
-            if lost["source"] == "kernel_ring_buffer":
-                lost_total += lost["count"]
-                lost_sig += lost["by_kind"].get("signal", 0)
-            else:
-                lost_queue += lost["count"]
+            lost.add(event["lost"])
     return StormResult(
         name=name,
         made=len(kills),
         rate=peak_rate(kills, wave) if rate <= 0 else len(kills) * 1e9 / summary["elapsed_ns"],
         emitted=emitted,
         exit_observed=observed,
-        lost_kernel_signal=lost_sig,
-        lost_kernel_total=lost_total,
-        lost_queue=lost_queue,
+        lost_kernel_signal=lost.kernel_signal,
+        lost_kernel_total=lost.kernel_total,
+        lost_queue=lost.queue,
         cpu_percent=sampler.cpu_percent(until=last_event / 1e9),
         rss_max_mb=max(sampler.rss_kb, default=0) / 1024,
         drain_s=(last_event - storm_end) / 1e9,

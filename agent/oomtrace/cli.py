@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from oomtrace import __version__, configfile, log
 from oomtrace.config import (
@@ -86,47 +87,41 @@ FILE defaults to $OOMTRACE_CONFIG, else /etc/oomtrace/oomtrace.toml.
 """
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
+T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
+def _flag(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser whose ValueError says what is wrong."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
-def _signals(text: str) -> frozenset[int]:
-    try:
-        return parse_signal_list(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _positive(kind: type[N]) -> Callable[[str], N]:
+    what = "a whole number" if kind is int else "a number"
 
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not {what}") from None
+        if value <= 0:
+            raise ValueError(f"{text!r} must be positive")
+        return value
 
-def _endpoint(text: str) -> Endpoint:
-    try:
-        return parse_endpoint(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _flag(parse)
 
 
 def _listen(text: str) -> Endpoint | str:
     if text in ("", "off"):
         return ""  # explicitly off (None means the flag was not given)
-    try:
-        return parse_endpoint(text, default_host=METRICS_DEFAULT_HOST)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse_endpoint(text, default_host=METRICS_DEFAULT_HOST)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-f", "--follow", action="store_true", help="stream events until SIGINT/SIGTERM"
     )
     mode.add_argument(
-        "--duration", type=_positive_float, metavar="SECONDS", help="stop after SECONDS"
+        "--duration", type=_positive(float), metavar="SECONDS", help="stop after SECONDS"
     )
-    mode.add_argument("--count", type=_positive_int, metavar="N", help="stop after N events")
+    mode.add_argument("--count", type=_positive(int), metavar="N", help="stop after N events")
     mode.add_argument(
         "-c",
         "--config",
@@ -158,14 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     what = parser.add_argument_group("what to report")
     what.add_argument(
         "--signals",
-        type=_signals,
+        type=_flag(parse_signal_list),
         metavar="LIST",
         help="signals to trace, by name or number (default: KILL). Filtered in the kernel, "
         "so untraced signals cost nearly nothing. Example: KILL,TERM,SEGV",
     )
     what.add_argument(
         "--pid",
-        type=_positive_int,
+        type=_positive(int),
         action="append",
         metavar="PID",
         help="only events whose victim, sender or trigger is this process (repeatable)",
@@ -207,14 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument(
         "--tcp",
-        type=_endpoint,
+        type=_flag(parse_endpoint),
         action="append",
         metavar="HOST:PORT",
         help="also send JSON lines to a log shipper over TCP, e.g. 127.0.0.1:5140 (repeatable)",
     )
     out.add_argument(
         "--sink-queue-size",
-        type=_positive_int,
+        type=_positive(int),
         metavar="N",
         help="events each sink may hold while its consumer is slow or away (default 4096)",
     )
@@ -225,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument(
         "--metrics-listen",
-        type=_listen,
+        type=_flag(_listen),
         metavar="[HOST:]PORT",
         help="serve Prometheus metrics, e.g. 9808 (127.0.0.1 unless a host is given; "
         "'off' to turn off what the file or environment set; default: off)",
@@ -238,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument(
         "--stats-interval",
-        type=_positive_float,
+        type=_positive(float),
         metavar="SECONDS",
         help="seconds between `stats` log lines (default 60)",
     )
@@ -261,19 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tuning.add_argument(
         "--exit-wait",
-        type=_positive_float,
+        type=_positive(float),
         metavar="SECONDS",
         help="how long to wait for a victim to exit before reporting it as not exited (default 5)",
     )
     tuning.add_argument(
         "--ring-buffer-pages",
-        type=_positive_int,
+        type=_positive(int),
         metavar="N",
         help="kernel ring buffer size in pages, a power of two (default 1024 = 4 MiB)",
     )
     tuning.add_argument(
         "--record-queue-size",
-        type=_positive_int,
+        type=_positive(int),
         metavar="N",
         help="records held between the kernel reader and the pipeline (default 65536)",
     )

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import FrameType
 from typing import Final
 
@@ -278,22 +278,14 @@ class Agent:
                     self.log.warning("events_dropped", sink=name, count=count)
 
     def _log_stats(self, event: str) -> None:
-        c = self.counters
         s = self.correlator.stats
         self.log.info(
             event,
-            records=c.records,
-            events=c.events,
-            filtered=c.filtered,
-            kernel_lost=c.kernel_lost,
-            queue_dropped=c.queue_dropped,
-            decode_errors=c.decode_errors,
-            pipeline_errors=c.pipeline_errors,
+            **asdict(self.counters),
             pending=self.correlator.pending_count(),
             evicted=s.evicted,
             unmatched_deliver=s.unmatched_deliver,
             unmatched_exit=s.unmatched_exit,
-            sink_dropped=c.sink_dropped,
             sinks={
                 k: v for x in self.sinks if isinstance(x, Accounted) for k, v in x.stats().items()
             },

@@ -10,13 +10,12 @@ here: events + those lost counts >= kills made, and events never exceed them.
 from __future__ import annotations
 
 import os
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from bench import common
+from bench import common, killstorm
 
 from tests.support.memcg import memcg
 
@@ -41,23 +40,6 @@ class Outcome:
         return self.made - len(self.events)
 
 
-def _collect(agent: common.Agent, made: int, sender: int, timeout: float) -> None:
-    """Waits until every kill is an event or counted lost (or the timeout)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        emitted = counted = 0
-        for _, event in agent.events():
-            if event["type"] == "signal" and event["sender"]["pid"] == sender:
-                emitted += 1
-            elif event["type"] == "lost":
-                counted += event["lost"]["by_kind"].get("signal", 0)
-                if event["lost"]["source"] == "agent_queue":
-                    counted += event["lost"]["count"]
-        if emitted + counted >= made:
-            return
-        time.sleep(0.5)
-
-
 def _storm(work: Path, n: int, rate: float, wave: int, *agent_args: str) -> Outcome:
     agent = common.Agent(work, *agent_args)
     agent.wait_ready()
@@ -69,23 +51,25 @@ def _storm(work: Path, n: int, rate: float, wave: int, *agent_args: str) -> Outc
     kills = work / f"kills-{time.monotonic_ns()}.bin"
     try:
         summary = common.run_stormer("storm", n, rate, wave, kills, timeout=120)
-        _collect(agent, summary["made"], summary["pid"], timeout=30)
+        killstorm.wait_accounted(agent, summary["pid"], summary["made"], timeout=30)
     finally:
         stats = agent.stop()
-    victims = {pid for pid, _, _ in struct.iter_unpack("<IIQ", kills.read_bytes())}
-    events, lost_signal, lost_kernel, lost_queue = [], 0, 0, 0
+    victims = {pid for pid, _ in killstorm.read_kills(kills)}
+    events, lost = [], killstorm.LostCounts()
     for _, event in agent.events():
         if event["type"] == "signal" and event["sender"]["pid"] == summary["pid"]:
             events.append(event)
         elif event["type"] == "lost":
-            lost = event["lost"]
-            if lost["source"] == "kernel_ring_buffer":
-                lost_kernel += lost["count"]
-                lost_signal += lost["by_kind"].get("signal", 0)
-            else:
-                lost_queue += lost["count"]
+            lost.add(event["lost"])
     return Outcome(
-        summary["made"], victims, events, lost_signal, lost_kernel, lost_queue, stats, libraries
+        summary["made"],
+        victims,
+        events,
+        lost.kernel_signal,
+        lost.kernel_total,
+        lost.queue,
+        stats,
+        libraries,
     )
 
 

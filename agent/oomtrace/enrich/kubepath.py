@@ -69,15 +69,7 @@ def _parse_cgroupfs(rest: list[str]) -> KubeCgroup:
     if not rest:
         return level.result()
     pod = _POD_DIR.fullmatch(rest[0])
-    if pod is None:
-        return level.result()
-    level.pod(pod.group("uid"))
-    if len(rest) > 1:
-        if conmon := _CGROUPFS_CONMON.fullmatch(rest[1]):
-            level.conmon(conmon.group("id"))
-        elif container := _CGROUPFS_CONTAINER.fullmatch(rest[1]):
-            level.container(container.group("id"), container.group("prefix"))
-    return level.result()
+    return _below_pod(level, pod, rest[1:], _CGROUPFS_CONMON, _CGROUPFS_CONTAINER)
 
 
 def _parse_systemd(prefix: str, rest: list[str]) -> KubeCgroup:
@@ -91,13 +83,25 @@ def _parse_systemd(prefix: str, rest: list[str]) -> KubeCgroup:
     if not rest:
         return level.result()
     pod = re.fullmatch(rf"{re.escape(prefix)}-{_POD_DIR.pattern}\.slice", rest[0])
+    return _below_pod(level, pod, rest[1:], _SYSTEMD_CONMON, _SYSTEMD_CONTAINER)
+
+
+def _below_pod(
+    level: _Level,
+    pod: re.Match[str] | None,
+    below: list[str],
+    conmon_dir: re.Pattern[str],
+    container_dir: re.Pattern[str],
+) -> KubeCgroup:
+    """The pod level and the container or conmon directory under it: the same
+    layout for both drivers, only the directory names differ."""
     if pod is None:
         return level.result()
     level.pod(pod.group("uid"))
-    if len(rest) > 1:
-        if conmon := _SYSTEMD_CONMON.fullmatch(rest[1]):
+    if below:
+        if conmon := conmon_dir.fullmatch(below[0]):
             level.conmon(conmon.group("id"))
-        elif container := _SYSTEMD_CONTAINER.fullmatch(rest[1]):
+        elif container := container_dir.fullmatch(below[0]):
             level.container(container.group("id"), container.group("prefix"))
     return level.result()
 

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Final
 
+from oomtrace.sinks.stream import write_all
+
 FILE_MODE: Final = 0o640
 
 
@@ -51,9 +53,7 @@ class FileTransport:
 
     def write(self, data: bytes) -> None:
         assert self._fd is not None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        write_all(self._fd, data)
 
     def unread(self) -> int | None:
         return 0

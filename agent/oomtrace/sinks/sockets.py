@@ -118,12 +118,10 @@ class TcpTransport(_SocketTransport):
         return sock
 
     def unread(self) -> int | None:
-        assert self._sock is not None
         assert self._peer is not None
         peer = self._peer.rqueue()
-        unread = outq(self._sock)
-        self._raise_if_closed()
-        if peer is None:
+        unread = super().unread()
+        if peer is None or unread is None:
             return None  # a remote shipper: what it read cannot be known
         return unread + peer
 

@@ -12,6 +12,13 @@ from oomtrace.events import Event
 from oomtrace.text import render
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write, until a short write (a pipe, a signal) has put out everything."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def json_line(event: Event) -> bytes:
     return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
 
@@ -56,9 +63,7 @@ class FdTransport:
         pass
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
+        write_all(self._fd, data)
 
     def unread(self) -> int | None:
         return 0
