@@ -127,6 +127,9 @@ def test_sighup_reopens_and_rereads_the_file(tmp_path: Path, victims: Memcg) -> 
     try:
         agent.wait_ready()
         before = provoke_kills(victims, 20, agent=agent)
+        # Events go to the sinks configured when they are written: the kills
+        # before the reload must be out before it, or the new file gets them.
+        assert wait_until(lambda: sum(map(ours(before), lines(first))) >= 20, 20)
         config.write_text(f'output = ["{first}", "{second}"]\n')
         agent.proc.send_signal(signal.SIGHUP)
         reloaded = agent.wait_log("reloaded")
