@@ -307,7 +307,13 @@ class Correlator:
 
     def _live_context(self, trigger_tid: int, ktime_ns: int) -> OomContext | None:
         ctx = self._contexts.get(trigger_tid)
-        if ctx is None or ktime_ns - ctx.last_ktime_ns > self.window_ns:
+        if ctx is None:
+            return None
+        # oom_kill_process() prints the OOM report (dump_header) before it kills
+        # the victim the kprobe named; on a slow console that outlasts the window,
+        # and the trigger cannot run another OOM before it is done.
+        opening = ctx.kprobe is not None and ctx.victims == 0
+        if ktime_ns - ctx.last_ktime_ns > (self.exit_wait_ns if opening else self.window_ns):
             return None
         return ctx
 

@@ -25,6 +25,7 @@ from oomtrace.records import (
     DeliverRecord,
     ExitRecord,
     MarkVictimRecord,
+    OomKillRecord,
     Record,
     RecordDecoder,
     SignalRecord,
@@ -325,6 +326,35 @@ def test_oom_group_stays_one_context_when_a_member_exits_mid_scan() -> None:
         (203, True),
     ]
     assert len({id(k.context) for k in f.kills}) == 1
+
+
+def test_kprobe_context_waits_for_a_slow_oom_report() -> None:
+    """The kernel prints its OOM report between oom_kill_process() and the kill;
+    on a slow serial console that takes longer than the window."""
+    f = feeder()
+    kprobe = OomKillRecord(
+        ktime_ns=T0,
+        cpu=0,
+        trigger=TRIGGER,
+        victim_tid=201,
+        victim_tgid=201,
+        victim_comm="hog",
+        oom_memcg_id=42,
+        totalpages=12800,
+        chosen_points=12000,
+        gfp_mask=0xCC0,
+        order=0,
+        constraint=1,
+        oom_memcg_usage_pages=12800,
+    )
+    late = T0 + 300 * MS
+    sig = signal(late, TRIGGER, 201, comm="hog")
+    f(kprobe, sig, mark(late + 10_000, TRIGGER, 201, comm="hog"))
+    f(deliver(late + MS, sig), exit_(late + 2 * MS, sig))
+
+    [kill] = f.kills
+    assert kill.kind == "oom_kill"
+    assert kill.context is not None and kill.context.kprobe is kprobe
 
 
 def test_mm_sharer_is_a_group_kill_once_the_window_passes() -> None:
