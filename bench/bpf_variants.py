@@ -1,17 +1,18 @@
-"""What a change to oomtrace's BPF programs would save on the signal path, measured
-before it is made: the assembled program text is patched here, loaded with the
-agent's own loader, and timed with the same loop as bench.sigpath.
+"""What oomtrace's BPF programs cost on the signal path, as configured and as
+they could be: the assembled program text is patched where needed, loaded with
+the agent's own loader, and timed with the same loop as bench.sigpath.
 
-  as shipped          bpf/ as it is: signal_deliver returns at once for a signal
-                      that is neither traced nor SIGKILL (a fatal traced signal
-                      is delivered as SIGKILL), before its two hash lookups
-  no deliver filter   the same without that test: what it saves
-  deliver raw+filter  the filter in a raw tracepoint: no trace record is
-                      built for the program, code and sa_handler read from the
-                      arguments (siginfo, k_sigaction)
-  no deliver program  signal_deliver not attached at all: the floor for a design
-                      that links exits to kills from signal_generate alone (the
-                      raw tracepoint already knows the target's tgid)
+  as shipped            SIGKILL traced (the default): signal_generate (raw
+                        tracepoint, in-kernel filter) and sched_process_exit;
+                        no signal_deliver program, since a queued SIGKILL
+                        cannot be caught
+  SIGTERM traced too    a signal a handler may catch is traced, so
+                        signal_deliver is attached (a classic tracepoint that
+                        returns at once for an untraced signal)
+  ... raw deliver       the same with signal_deliver as a raw tracepoint: no
+                        trace record is built for the program, code and
+                        sa_handler read from the arguments (siginfo,
+                        k_sigaction); a change not made yet
 
 Variants alternate with the baseline (no BPF) in every round; medians.
 
@@ -47,13 +48,6 @@ def shipped(text: str) -> str:
     return text
 
 
-def no_deliver_filter(text: str) -> str:
-    start, end = _deliver_body(text)
-    if FILTER not in text[start:end]:
-        raise ValueError("signal_deliver's filter is not the one this patch removes")
-    return text[:start] + text[start:end].replace(FILTER, "", 1) + text[end:]
-
-
 def deliver_raw(text: str) -> str:
     start, end = _deliver_body(text)
     body = text[start + len(DELIVER_HEAD) : end].replace(FILTER, "", 1)
@@ -71,31 +65,29 @@ def deliver_raw(text: str) -> str:
     return text[:start] + RAW_HEAD + body + text[end:]
 
 
-def no_deliver(text: str) -> str:
-    start, end = _deliver_body(text)
-    return text[:start] + text[end + len("\n}\n") :]
+SIGKILL_ONLY = frozenset({9})
+WITH_SIGTERM = frozenset({9, 15})
 
-
-VARIANTS: dict[str, Callable[[str], str]] = {
-    "as shipped": shipped,
-    "no deliver filter": no_deliver_filter,
-    "deliver raw+filter": deliver_raw,
-    "no deliver program": no_deliver,
+VARIANTS: dict[str, tuple[frozenset[int], Callable[[str], str]]] = {
+    "as shipped": (SIGKILL_ONLY, shipped),
+    "SIGTERM traced too": (WITH_SIGTERM, shipped),
+    "SIGTERM traced, raw deliver": (WITH_SIGTERM, deliver_raw),
 }
 
 
 class Loaded:
     """The agent's probes, compiled from patched text, in this process."""
 
-    def __init__(self, patch: Callable[[str], str]) -> None:
+    def __init__(self, signals: frozenset[int], patch: Callable[[str], str]) -> None:
         from oomtrace import features, probes
 
         tracefs = features.find_tracefs(mount=True)
-        plan = probes.plan(features.probe_kernel(tracefs), tier="tracepoint")
+        plan = probes.plan(features.probe_kernel(tracefs), tier="tracepoint", signals=signals)
+        self.hooks = plan.hooks
         original = probes.assemble
         probes.assemble = lambda p: patch(original(p))
         try:
-            self.probes = probes.Probes(plan, frozenset({9}))
+            self.probes = probes.Probes(plan)
         finally:
             probes.assemble = original
 
@@ -112,10 +104,14 @@ def main() -> None:
     base: list[float] = []
     ns: dict[str, list[float]] = {name: [] for name in VARIANTS}
     ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    hooks: dict[str, str] = {}
     for _ in range(rounds):
-        for name, patch in VARIANTS.items():
+        for name, (signals, patch) in VARIANTS.items():
             b1 = common.run_stormer("sigloop", calls)["elapsed_ns"] / calls
-            loaded = Loaded(patch)
+            loaded = Loaded(signals, patch)
+            hooks[name] = ", ".join(
+                h.split(":", 1)[1] for h in loaded.hooks if h.startswith("signal:")
+            )
             try:
                 t = common.run_stormer("sigloop", calls)["elapsed_ns"] / calls
             finally:
@@ -126,12 +122,13 @@ def main() -> None:
             ratios[name].append(t / ((b1 + b2) / 2))
     report = common.Report("BPF program variants on the signal path (bench.bpf_variants)")
     b = common.median(base)
-    rows: list[list[object]] = [["no BPF", f"{b:.0f}", "+0.0%", "-"]]
+    rows: list[list[object]] = [["no BPF", "-", f"{b:.0f}", "+0.0%", "-"]]
     for name in VARIANTS:
         med = common.median(ns[name])
         rows.append(
             [
                 name,
+                hooks[name],
                 f"{med:.0f}",
                 f"{(common.median(ratios[name]) - 1) * 100:+.1f}%",
                 f"{med - common.median(ns['as shipped']):+.0f}",
@@ -139,7 +136,7 @@ def main() -> None:
         )
     report.add(
         f"{calls:,} kill(2) of a handled SIGUSR1, {rounds} rounds, each between two baselines",
-        ["variant", "ns per kill(2)", "vs no BPF", "ns vs shipped"],
+        ["variant", "signal programs", "ns per kill(2)", "vs no BPF", "ns vs shipped"],
         rows,
     )
     report.data = {"baseline_ns": b, "variants": {k: common.median(v) for k, v in ns.items()}}

@@ -174,7 +174,7 @@ p = probes.plan(features.probe_kernel(features.find_tracefs(mount=True)))
 if in_process:
     import bcc
     say('bcc imported (LLVM, clang mapped)')
-pr = probes.Probes(p, frozenset({9}), in_process=in_process)
+pr = probes.Probes(p, in_process=in_process)
 say('programs compiled and attached' if in_process else 'child loaded them, fds handed over')
 if in_process:
     ctypes.CDLL('libc.so.6').malloc_trim(0)

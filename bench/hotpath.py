@@ -1,5 +1,5 @@
-"""The per-event hot path by stage, outside the kernel: one SIGKILL's three records
-(signal, deliver, exit) through decode, capture, correlate, build and serialize,
+"""The per-event hot path by stage, outside the kernel: one SIGKILL's two records
+(signal, exit) through decode, capture, correlate, build and serialize,
 as the agent's pipeline runs them; and a prototype decoder that unpacks records
 with one precompiled struct.Struct per kind instead of ctypes.
 
@@ -124,26 +124,26 @@ def main() -> None:
 
     decode_us = per_call_us(lambda: [decoder.decode(r) for r in raws], seconds)
     stages = [
-        ("decode 3 records (ctypes, as shipped)", decode_us),
+        ("decode 2 records (ctypes, as shipped)", decode_us),
         (
             "capture: /proc lookups, victim gone",
             per_call_us(capture, seconds),
         ),
-        ("correlate 3 records (incl. their decode)", per_call_us(correlate, seconds) - decode_us),
+        ("correlate 2 records (incl. their decode)", per_call_us(correlate, seconds) - decode_us),
         ("build the event", per_call_us(lambda: agent.builder.kill(kills[0]), seconds)),
         ("serialize (orjson)", per_call_us(lambda: orjson.dumps(event) + b"\n", seconds)),
-        ("whole pipeline (Agent._process x 3, sink)", per_call_us(whole, seconds)),
+        ("whole pipeline (Agent._process x 2, sink)", per_call_us(whole, seconds)),
     ]
     proto = per_call_us(lambda: [fast.decode(r) for r in raws], seconds)
     report = common.Report("Hot path per event (bench.hotpath)")
     report.add(
-        "One SIGKILL (3 records -> 1 JSON line), us per event, median of 5",
+        "One SIGKILL (2 records -> 1 JSON line), us per event, median of 5",
         ["stage", "us per event"],
         [[name, f"{us:.1f}"] for name, us in stages],
     )
     report.add(
         "Decoding prototype: struct.Struct + namedtuple per kind, same builders",
-        ["decoder", "us per event (3 records)", "saving"],
+        ["decoder", "us per event (2 records)", "saving"],
         [
             ["records.RecordDecoder (ctypes)", f"{decode_us:.1f}", "-"],
             ["StructDecoder (bench.hotpath)", f"{proto:.1f}", f"{decode_us - proto:.1f} us"],

@@ -85,7 +85,7 @@ def setups() -> list[Setup]:
         Setup("no tracer", "-", None),
         Setup(
             "oomtrace",
-            "signal_generate (in-kernel filter), signal_deliver, sched_process_exit",
+            "signal_generate (raw, in-kernel filter), sched_process_exit",
             _agent,
         ),
         Setup(

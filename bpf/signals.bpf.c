@@ -9,9 +9,16 @@
  *    the TARGET thread's. The OOM killer's SIGKILL has code SI_KERNEL and is
  *    sent from the task whose allocation failed. With BTF offsets the raw
  *    tracepoint is used instead, to read the target task itself.
- *  - signal:signal_deliver fires in the receiving thread. A group SIGKILL
- *    (and any fatal signal) shows as SIGKILL in every thread, with no sender:
- *    it only tells which process received a kill we saw generated.
+ *  - signal:signal_deliver fires in the receiving thread, for every signal
+ *    delivered on the node. A group SIGKILL (and any fatal signal) shows as
+ *    SIGKILL in every thread, with no sender: it only tells which process
+ *    received a kill we saw generated, and whether a handler caught it.
+ *    SIGKILL cannot be caught, blocked or ignored: once queued
+ *    (TRACE_SIGNAL_DELIVERED) it ends the target's whole thread group. So when
+ *    the raw signal_generate reads the target's tgid and SIGKILL is the only
+ *    traced signal, a kill waits for its exit directly and the loader leaves
+ *    signal_deliver out (OOMTRACE_NEEDS_DELIVER undefined): the one program
+ *    that would otherwise run on every signal of the node.
  *  - sched:sched_process_exit fires in the exiting thread for every thread
  *    on the node, so it is filtered here to processes we saw signalled.
  *    `group_dead` exists on recent kernels; without it (loader leaves
@@ -70,7 +77,15 @@ static __always_inline int oomtrace_signal_generated(int sig, int errno_value, i
 		p.ktime_ns = now;
 		p.sender_tgid = sender.tgid;
 		p.sig = sig;
-		pending_signals.update(&key, &p);
+#ifdef OOMTRACE_HAVE_TASK_OFFSETS
+		if (sig == OOMTRACE_SIGKILL) {
+			/* Nothing can stop a queued SIGKILL: wait for the exit of the
+			 * target's process, whichever thread it was sent to. */
+			key = target->tgid;
+			dying.update(&key, &p);
+		} else
+#endif
+			pending_signals.update(&key, &p);
 	}
 
 	struct oomtrace_signal_rec *r = oomtrace_reserve(sizeof(*r), OOMTRACE_REC_SIGNAL);
@@ -156,6 +171,7 @@ TRACEPOINT_PROBE(signal, signal_generate)
 }
 #endif
 
+#ifdef OOMTRACE_NEEDS_DELIVER
 TRACEPOINT_PROBE(signal, signal_deliver)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -199,6 +215,7 @@ TRACEPOINT_PROBE(signal, signal_deliver)
 	events.ringbuf_submit(r, 0);
 	return 0;
 }
+#endif /* OOMTRACE_NEEDS_DELIVER */
 
 TRACEPOINT_PROBE(sched, sched_process_exit)
 {

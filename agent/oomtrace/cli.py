@@ -156,7 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_flag(parse_signal_list),
         metavar="LIST",
         help="signals to trace, by name or number (default: KILL). Filtered in the kernel, "
-        "so untraced signals cost nearly nothing. Example: KILL,TERM,SEGV",
+        "so untraced signals cost nearly nothing; a signal other than KILL, which a "
+        "handler may catch, also hooks the delivery of every signal (a little more per "
+        "signal on the node). Example: KILL,TERM,SEGV",
     )
     what.add_argument(
         "--pid",

@@ -13,14 +13,14 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Final
 
 from oomtrace import loader
 from oomtrace.features import KernelFeatures, find_symbol, page_size
 from oomtrace.records import REC_KINDS
-from oomtrace.sigdefs import signal_mask
+from oomtrace.sigdefs import SIGKILL, signal_mask
 
 
 def bpf_dir() -> Path:
@@ -60,6 +60,7 @@ PROGRAMS: Final = (
 )
 
 DEFAULT_RINGBUF_PAGES: Final = 1024
+DELIVER_HOOK: Final = "signal:signal_deliver"
 
 
 class LoadError(RuntimeError):
@@ -73,6 +74,7 @@ class Plan:
     tier: str
     programs: list[Program]
     defines: dict[str, str]
+    signals: frozenset[int] = frozenset({SIGKILL})
     missing: dict[str, str] = field(default_factory=dict)
     kernel_source: Path | None = None  # BCC_KERNEL_SOURCE, when the kernel has no headers
     kprobe_symbol: str | None = None
@@ -89,10 +91,15 @@ KPROBE_PROGRAM: Final = Program(
 
 
 def plan(
-    features: KernelFeatures, *, tier: str = "auto", ringbuf_pages: int = DEFAULT_RINGBUF_PAGES
+    features: KernelFeatures,
+    *,
+    tier: str = "auto",
+    ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+    signals: frozenset[int] = frozenset({SIGKILL}),
 ) -> Plan:
     """What to load. tier "kprobe" fails when the kprobe cannot be had; "auto" falls
-    back to the tracepoint tier and says why."""
+    back to the tracepoint tier and says why. ``signals`` are the traced signal
+    numbers; they decide whether signal_deliver is needed."""
     if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
     defines = {
@@ -113,8 +120,16 @@ def plan(
     if features.tracepoint_has_field("sched:sched_process_exit", "group_dead"):
         defines["OOMTRACE_EXIT_HAS_GROUP_DEAD"] = "1"
 
+    if _needs_deliver(features, signals):
+        defines["OOMTRACE_NEEDS_DELIVER"] = "1"
+
+    candidates: tuple[Program, ...] = PROGRAMS
+    if "OOMTRACE_NEEDS_DELIVER" not in defines:
+        candidates = tuple(
+            replace(p, hooks=tuple(h for h in p.hooks if h != DELIVER_HOOK)) for p in PROGRAMS
+        )
     programs: list[Program] = []
-    for program in PROGRAMS:
+    for program in candidates:
         absent = [h for h in program.hooks if not features.has_tracepoint(h)]
         if absent:
             reason = f"tracepoint {', '.join(absent)} not in this kernel"
@@ -145,11 +160,20 @@ def plan(
         tier=chosen,
         programs=programs,
         defines=defines,
+        signals=signals,
         missing=missing,
         kernel_source=None if features.headers else bpf_dir() / "include",
         kprobe_symbol=kprobe_symbol,
         requested_tier=tier,
     )
+
+
+def _needs_deliver(features: KernelFeatures, signals: frozenset[int]) -> bool:
+    """signal_deliver runs for every signal on the node, so it is attached only
+    when a kill cannot be followed to its exit without it: when signal_generate
+    cannot read the target's tgid (no task offsets), or when a signal other
+    than SIGKILL is traced (a handler may catch it; only delivery tells)."""
+    return features.offsets is None or signals != {SIGKILL}
 
 
 def _kprobe_unavailable(features: KernelFeatures) -> str | None:
@@ -280,7 +304,7 @@ class Probes:
     ``in_process`` compiles here instead, keeping bcc and LLVM mapped.
     """
 
-    def __init__(self, p: Plan, signals: frozenset[int], *, in_process: bool = False) -> None:
+    def __init__(self, p: Plan, *, in_process: bool = False) -> None:
         self.plan = p
         text = assemble(p)
         self.backend: Compiled | loader.Handed
@@ -295,7 +319,7 @@ class Probes:
         self.compiler_output = self.backend.compiler_output
         if self.backend.kprobe_error is not None:
             self._kprobe_failed(p, self.backend.kprobe_error)
-        self.set_signals(signals)
+        self.backend.set_mask(signal_mask(p.signals))
 
     def _kprobe_failed(self, p: Plan, error: str) -> None:
         if p.requested_tier == "kprobe":
@@ -304,9 +328,6 @@ class Probes:
         p.missing[KPROBE_PROGRAM.hooks[0]] = error
         p.programs.remove(KPROBE_PROGRAM)
         p.tier = "tracepoint"
-
-    def set_signals(self, signals: frozenset[int]) -> None:
-        self.backend.set_mask(signal_mask(signals))
 
     def open(self, callback: RawCallback) -> None:
         """Calls `callback` with a copy of each record; it must only enqueue."""

@@ -89,7 +89,12 @@ def _probe() -> features.KernelFeatures:
 def print_ebpf(settings: Settings) -> int:
     kernel = _probe()
     try:
-        p = plan(kernel, tier=settings.tier, ringbuf_pages=settings.ringbuf_pages)
+        p = plan(
+            kernel,
+            tier=settings.tier,
+            ringbuf_pages=settings.ringbuf_pages,
+            signals=settings.signals,
+        )
     except (LoadError, ValueError) as exc:
         fail(str(exc))
     sys.stdout.write(assemble(p))
@@ -128,8 +133,13 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
     lifecycle.install_reload_handler()
     kernel = _probe()
     try:
-        p = plan(kernel, tier=settings.tier, ringbuf_pages=settings.ringbuf_pages)
-        probes = Probes(p, settings.signals)
+        p = plan(
+            kernel,
+            tier=settings.tier,
+            ringbuf_pages=settings.ringbuf_pages,
+            signals=settings.signals,
+        )
+        probes = Probes(p)
     except LoadError as exc:
         fail(str(exc))
     if probes.compiler_output:

@@ -7,7 +7,8 @@ inside a 64 MiB memory cgroup, never node-wide):
 
 It loads the real probes as the agent does, pinned to the tracepoint tier (the
 one every kernel has; the kprobe tier would add an oom_kill record before each
-OOM's signal), with SIGKILL and SIGTERM traced, and writes
+OOM's signal), with SIGKILL and SIGTERM traced (so signal_deliver is attached:
+SIGTERM needs it; a SIGKILL has no deliver record either way), and writes
 ``tests/data/records-<major.minor>.jsonl`` (or PATH), one JSON object per record,
 in ring-buffer order:
 
@@ -57,8 +58,12 @@ class Recorder:
         from oomtrace import features, probes
 
         tracefs = features.find_tracefs(mount=True)
-        plan = probes.plan(features.probe_kernel(tracefs), tier="tracepoint")
-        self.probes = probes.Probes(plan, frozenset({signal.SIGKILL, signal.SIGTERM}))
+        plan = probes.plan(
+            features.probe_kernel(tracefs),
+            tier="tracepoint",
+            signals=frozenset({signal.SIGKILL, signal.SIGTERM}),
+        )
+        self.probes = probes.Probes(plan)
         self.raw: list[bytes] = []
         self.probes.open(self.raw.append)
 

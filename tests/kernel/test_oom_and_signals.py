@@ -149,7 +149,9 @@ def test_sigterm_only_when_asked() -> None:
 
     default = AgentProcess()
     try:
-        default.wait_ready()
+        # Only SIGKILL traced, and the task offsets read the target's tgid:
+        # no program runs on the delivery of every signal of the node.
+        assert "signal:signal_deliver" not in default.wait_ready()["hooks"]
         pid = term_one(default)
         marker = subprocess.Popen(["sleep", "300"])
         marker.kill()
@@ -162,7 +164,8 @@ def test_sigterm_only_when_asked() -> None:
 
     with_term = AgentProcess("--signals", "KILL,TERM")
     try:
-        with_term.wait_ready()
+        # A handler may catch SIGTERM: only its delivery tells.
+        assert "signal:signal_deliver" in with_term.wait_ready()["hooks"]
         pid = term_one(with_term)
         event = with_term.wait_for(victim_pid(pid))
         assert event["signal"]["name"] == "SIGTERM"
@@ -170,6 +173,35 @@ def test_sigterm_only_when_asked() -> None:
         assert event["victim"]["exit"]["code"] == 143
     finally:
         assert with_term.stop() == 0
+
+
+def test_caught_sigterm_is_reported_at_delivery() -> None:
+    agent = AgentProcess("--signals", "KILL,TERM")
+    catcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: print('caught', flush=True))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(300)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        agent.wait_ready()
+        assert catcher.stdout is not None and catcher.stdout.readline().strip() == b"ready"
+        catcher.terminate()
+        assert catcher.stdout.readline().strip() == b"caught"
+        # Complete at its delivery, well before the exit wait (5 s) would end it.
+        event = agent.wait_for(victim_pid(catcher.pid), timeout=3.0)
+        assert event["signal"]["name"] == "SIGTERM"
+        assert event["victim"]["exit"] is None
+        assert catcher.poll() is None
+    finally:
+        catcher.kill()
+        catcher.wait()
+        assert agent.stop() == 0
 
 
 def test_storm_of_untraced_signals_reaches_nothing(agent: AgentProcess) -> None:
@@ -193,7 +225,7 @@ def test_storm_of_untraced_signals_reaches_nothing(agent: AgentProcess) -> None:
     agent.stop()
     assert [e["type"] for e in agent.events] == ["signal"]
     # The kernel filter dropped the storm: the agent decoded only the
-    # SIGKILL's own records (generate, deliver, exit) and a few others.
+    # SIGKILL's own records (generate, exit) and a few others.
     assert agent.stats()["records"] < 100
 
 

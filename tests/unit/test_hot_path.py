@@ -1,5 +1,5 @@
-"""The per-event hot path, in isolation (pytest-benchmark): one SIGKILL is three ring
-buffer records (signal, deliver, exit) that become one JSON line.
+"""The per-event hot path, in isolation (pytest-benchmark): one SIGKILL is two ring
+buffer records (signal, exit) that become one JSON line.
 
 Stages: decode the bytes, correlate the records into a kill, build the event from the
 capture cache, serialize it; then the whole pipeline as the agent runs it
@@ -80,7 +80,8 @@ def _start_ns(pid: int) -> int:
 
 
 def kill_records(victim: int, victim_start_ns: int) -> list[bytes]:
-    """signal, deliver and exit records of one SIGKILL from this process to `victim`."""
+    """The signal and exit records of one SIGKILL from this process to `victim`, as
+    the kernel sends them with BTF offsets (a SIGKILL has no deliver record)."""
     me = os.getpid()
     sender = _task("sender", me, _comm(me), _start_ns(me), os.getppid())
     t = next(_ktime)
@@ -99,14 +100,6 @@ def kill_records(victim: int, victim_start_ns: int) -> list[bytes]:
     )
     link = {"kill_ktime_ns": t, "kill_sender_tgid": me, "kill_sig": SIGKILL}
     victim_task = _task("victim", victim, b"sleep", victim_start_ns, me)
-    deliver = _set(
-        records.RawDeliver(),
-        kind=records.REC_DELIVER,
-        ktime_ns=t + 20_000,
-        **victim_task,
-        **link,
-        sig=SIGKILL,
-    )
     exit_ = _set(
         records.RawExit(),
         kind=records.REC_EXIT,
@@ -116,7 +109,7 @@ def kill_records(victim: int, victim_start_ns: int) -> list[bytes]:
         exit_code=SIGKILL,
         group_dead=1,
     )
-    return [signal, deliver, exit_]
+    return [signal, exit_]
 
 
 def _agent(sink: io.BytesIO) -> Agent:
@@ -227,5 +220,5 @@ def test_whole_pipeline_victim_alive(benchmark: Any, live_victim: int) -> None:
 def test_records_match_the_decoder() -> None:
     """The synthetic records above decode as the kernel's would."""
     decoded = [RecordDecoder().decode(r) for r in kill_records(GONE_PID, 10**9)]
-    assert [type(r).__name__ for r in decoded] == ["SignalRecord", "DeliverRecord", "ExitRecord"]
+    assert [type(r).__name__ for r in decoded] == ["SignalRecord", "ExitRecord"]
     assert Path(f"/proc/{GONE_PID}").exists() is False

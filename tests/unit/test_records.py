@@ -155,12 +155,13 @@ def _cgroup_of(scenario: str) -> CgroupRecord:
 
 def test_oom_hog_kill_in_the_victims_own_context() -> None:
     recs = _kill_records("oom_hog")
-    assert _kinds(recs) == ["signal", "mark_victim", "deliver", "exit"]
-    sig, mark, deliver, ex = recs
+    # A SIGKILL cannot be caught: it has no deliver record, its exit follows.
+    assert _kinds(recs) == ["signal", "mark_victim", "exit"]
+    sig, mark, ex = recs
     assert isinstance(sig, SignalRecord) and isinstance(mark, MarkVictimRecord)
-    assert isinstance(deliver, DeliverRecord) and isinstance(ex, ExitRecord)
+    assert isinstance(ex, ExitRecord)
     cg = _cgroup_of("oom_hog")
-    assert cg.ktime_ns < sig.ktime_ns <= mark.ktime_ns <= deliver.ktime_ns <= ex.ktime_ns
+    assert cg.ktime_ns < sig.ktime_ns <= mark.ktime_ns <= ex.ktime_ns
 
     # The OOM killer's SIGKILL: kernel code, whole group, queued.
     assert (sig.sig, sig.code, sig.group, sig.result, sig.errno) == (SIGKILL, SI_KERNEL, True, 0, 0)
@@ -169,7 +170,7 @@ def test_oom_hog_kill_in_the_victims_own_context() -> None:
     assert sig.sender.tid == sig.sender.tgid == victim
     assert mark.trigger.tid == mark.victim_tid == victim
     assert mark.trigger == sig.sender
-    assert sig.target_comm == mark.victim_comm == deliver.victim.comm == "python"
+    assert sig.target_comm == mark.victim_comm == sig.target.comm == ex.victim.comm == "python"
     # The memcg the hog ran in is the one made for it, full at the kill.
     assert mark.trigger.memcg_id == cg.cgroup_id
     _assert_limited_memcg_at_limit(mark, cg)
@@ -184,18 +185,18 @@ def test_oom_hog_kill_in_the_victims_own_context() -> None:
     assert mem.total_vm_kb >= mem.anon_rss_kb + mem.file_rss_kb + mem.shmem_rss_kb
     assert mem.pgtables_kb > 0
 
-    _assert_linked(sig, deliver, ex)
-    assert deliver.sig == SIGKILL and deliver.code == SI_USER and deliver.sa_handler == 0
+    _assert_linked(sig, ex)
     assert ex.exit_code & 0x7F == SIGKILL
 
 
 def test_holder_is_victim_and_allocator_is_trigger() -> None:
     recs = _kill_records("holder_allocator")
-    assert _kinds(recs) == ["signal", "mark_victim", "deliver", "exit"]
-    sig, mark, deliver, ex = recs
+    assert _kinds(recs) == ["signal", "mark_victim", "exit"]
+    sig, mark, ex = recs
     assert isinstance(sig, SignalRecord) and isinstance(mark, MarkVictimRecord)
-    assert isinstance(deliver, DeliverRecord) and isinstance(ex, ExitRecord)
+    assert isinstance(ex, ExitRecord)
     cg = _cgroup_of("holder_allocator")
+    victim = sig.target
 
     holder = sig.target_tid
     allocator = sig.sender
@@ -203,36 +204,36 @@ def test_holder_is_victim_and_allocator_is_trigger() -> None:
     assert allocator.tgid != holder
     assert mark.trigger == allocator
     assert mark.victim_tid == holder
-    # The kernel's view (mark_victim) and the task's own (deliver) agree.
-    assert mark.victim_oom_score_adj == deliver.victim.oom_score_adj == 1000
+    # The OOM killer's view (mark_victim), the target task read at the signal
+    # and the victim's own at its exit agree.
+    assert mark.victim_oom_score_adj == victim.oom_score_adj == ex.victim.oom_score_adj == 1000
     assert allocator.oom_score_adj == 0
-    assert deliver.victim.tgid == holder
-    assert deliver.victim.start_ns < allocator.start_ns  # the holder came first
+    assert victim.tgid == holder
+    assert victim.start_ns < allocator.start_ns  # the holder came first
     # Both ran in the one limited memcg.
-    assert allocator.memcg_id == deliver.victim.memcg_id == cg.cgroup_id
-    assert allocator.ppid == deliver.victim.ppid
+    assert allocator.memcg_id == victim.memcg_id == cg.cgroup_id
+    assert allocator.ppid == ex.victim.ppid
     _assert_limited_memcg_at_limit(mark, cg)
     mem = mark.victim_memory
     assert mem is not None and 36 * MiB_KB <= mem.anon_rss_kb < 64 * MiB_KB
 
-    _assert_linked(sig, deliver, ex)
+    _assert_linked(sig, ex)
     assert ex.exit_code & 0x7F == SIGKILL
 
 
 def test_kill_9_of_a_sleep() -> None:
     recs = _kill_records("sigkill")
-    assert _kinds(recs) == ["signal", "deliver", "exit"]
-    sig, deliver, ex = recs
-    assert isinstance(sig, SignalRecord) and isinstance(deliver, DeliverRecord)
-    assert isinstance(ex, ExitRecord)
+    assert _kinds(recs) == ["signal", "exit"]
+    sig, ex = recs
+    assert isinstance(sig, SignalRecord) and isinstance(ex, ExitRecord)
     assert (sig.sig, sig.code, sig.group, sig.result) == (SIGKILL, SI_USER, True, 0)
     assert sig.sender.comm == "kill"
-    assert sig.target_comm == deliver.victim.comm == "sleep"
+    assert sig.target_comm == sig.target.comm == ex.victim.comm == "sleep"
     assert sig.sender.tgid != sig.target_tid
     # kill(1) and the sleep are both children of the recorder.
-    assert sig.sender.ppid == deliver.victim.ppid
-    assert deliver.victim.tgid == sig.target_tid
-    _assert_linked(sig, deliver, ex)
+    assert sig.sender.ppid == ex.victim.ppid
+    assert sig.target.tgid == sig.target_tid
+    _assert_linked(sig, ex)
     assert ex.exit_code == SIGKILL
 
 
@@ -244,7 +245,7 @@ def test_sigterm_of_a_sleep_is_delivered_as_group_sigkill() -> None:
     assert isinstance(ex, ExitRecord)
     assert (sig.sig, sig.code, sig.result) == (SIGTERM, SI_USER, 0)
     assert sig.target_comm == "sleep"
-    _assert_linked(sig, deliver, ex)
+    _assert_linked(sig, ex, deliver)
     # A fatal default-action signal turns into SIGKILL for the dying group;
     # the link still names the SIGTERM that was generated.
     assert deliver.kill_sig == SIGTERM and deliver.sig == SIGKILL
@@ -267,14 +268,15 @@ def _assert_limited_memcg_at_limit(mark: MarkVictimRecord, cg: CgroupRecord) -> 
     assert all(c.memcg_id > 0 for c in chain)
 
 
-def _assert_linked(sig: SignalRecord, deliver: DeliverRecord, ex: ExitRecord) -> None:
+def _assert_linked(sig: SignalRecord, ex: ExitRecord, deliver: DeliverRecord | None = None) -> None:
     """deliver and exit carry the (generate ktime, sender tgid, sig) of their signal."""
-    for rec in (deliver, ex):
+    for rec in (ex,) if deliver is None else (deliver, ex):
         assert rec.kill_ktime_ns == sig.ktime_ns
         assert rec.kill_sender_tgid == sig.sender.tgid
         assert rec.kill_sig == sig.sig
         assert rec.victim.tgid == sig.target_tid
-    assert deliver.victim == ex.victim
+    if deliver is not None:
+        assert deliver.victim == ex.victim
     assert ex.group_dead is True
 
 
