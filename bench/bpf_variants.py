@@ -1,18 +1,18 @@
-"""What oomtrace's BPF programs cost on the signal path, as configured and as
-they could be: the assembled program text is patched where needed, loaded with
-the agent's own loader, and timed with the same loop as bench.sigpath.
+"""What oomtrace's signal programs cost on the signal path in each of the
+configurations the loader can choose, loaded with the agent's own loader and
+timed with the same loop as bench.sigpath.
 
-  as shipped            SIGKILL traced (the default): signal_generate (raw
-                        tracepoint, in-kernel filter) and sched_process_exit;
-                        no signal_deliver program, since a queued SIGKILL
-                        cannot be caught
-  SIGTERM traced too    a signal a handler may catch is traced, so
-                        signal_deliver is attached (a classic tracepoint that
-                        returns at once for an untraced signal)
-  ... raw deliver       the same with signal_deliver as a raw tracepoint: no
-                        trace record is built for the program, code and
-                        sa_handler read from the arguments (siginfo,
-                        k_sigaction); a change not made yet
+  as shipped                 SIGKILL traced (the default), BTF: signal_generate
+                             as a raw tracepoint with an in-kernel filter and
+                             sched_process_exit; no signal_deliver program, since
+                             a queued SIGKILL cannot be caught
+  SIGTERM traced too         a signal a handler may catch is traced, so
+                             signal_deliver is attached (a raw tracepoint that
+                             returns at once for an untraced signal)
+  no BTF                     a kernel without BTF: the plain tracepoints, which
+                             build a trace record before the program runs, and
+                             signal_deliver always (the plain signal_generate
+                             does not know the target's process)
 
 Variants alternate with the baseline (no BPF) in every round; medians.
 
@@ -21,75 +21,42 @@ Variants alternate with the baseline (no BPF) in every round; medians.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from pathlib import Path
 
 from bench import common
 
-DELIVER_HEAD = "TRACEPOINT_PROBE(signal, signal_deliver)\n{\n"
-FILTER = (
-    "\tif (args->sig != OOMTRACE_SIGKILL && !oomtrace_signal_traced(args->sig))\n\t\treturn 0;\n"
-)
-RAW_HEAD = (
-    "RAW_TRACEPOINT_PROBE(signal_deliver)\n{\n"
-    "\tint oomtrace_sig = (int)ctx->args[0];\n"
-    "\tif (oomtrace_sig != OOMTRACE_SIGKILL && !oomtrace_signal_traced(oomtrace_sig))\n"
-    "\t\treturn 0;\n"
-)
-
-
-def _deliver_body(text: str) -> tuple[int, int]:
-    start = text.index(DELIVER_HEAD)
-    end = text.index("\n}\n", start)
-    return start, end
-
-
-def shipped(text: str) -> str:
-    return text
-
-
-def deliver_raw(text: str) -> str:
-    start, end = _deliver_body(text)
-    body = text[start + len(DELIVER_HEAD) : end].replace(FILTER, "", 1)
-    body = body.replace("r->sig = args->sig;", "r->sig = oomtrace_sig;")
-    body = body.replace(
-        "r->code = args->code;",
-        "bpf_probe_read_kernel(&r->code, sizeof(r->code), (const char *)ctx->args[1] + 8);",
-    )
-    body = body.replace(
-        "r->sa_handler = args->sa_handler;",
-        "bpf_probe_read_kernel(&r->sa_handler, sizeof(r->sa_handler), (const void *)ctx->args[2]);",
-    )
-    if re.search(r"\bargs->", body):
-        raise ValueError("signal_deliver reads a field this patch does not map")
-    return text[:start] + RAW_HEAD + body + text[end:]
-
-
 SIGKILL_ONLY = frozenset({9})
 WITH_SIGTERM = frozenset({9, 15})
+NO_BTF = Path("/nonexistent/vmlinux")
 
-VARIANTS: dict[str, tuple[frozenset[int], Callable[[str], str]]] = {
-    "as shipped": (SIGKILL_ONLY, shipped),
-    "SIGTERM traced too": (WITH_SIGTERM, shipped),
-    "SIGTERM traced, raw deliver": (WITH_SIGTERM, deliver_raw),
+# name: (traced signals, kernel BTF as the agent would find it)
+VARIANTS: dict[str, tuple[frozenset[int], bool]] = {
+    "as shipped": (SIGKILL_ONLY, True),
+    "SIGTERM traced too": (WITH_SIGTERM, True),
+    "no BTF": (SIGKILL_ONLY, False),
 }
 
 
 class Loaded:
-    """The agent's probes, compiled from patched text, in this process."""
+    """The agent's probes for one configuration, loaded as the agent loads them."""
 
-    def __init__(self, signals: frozenset[int], patch: Callable[[str], str]) -> None:
+    def __init__(self, signals: frozenset[int], btf: bool) -> None:
         from oomtrace import features, probes
 
         tracefs = features.find_tracefs(mount=True)
-        plan = probes.plan(features.probe_kernel(tracefs), tier="tracepoint", signals=signals)
-        self.hooks = plan.hooks
-        original = probes.assemble
-        probes.assemble = lambda p: patch(original(p))
-        try:
-            self.probes = probes.Probes(plan)
-        finally:
-            probes.assemble = original
+        kernel = (
+            features.probe_kernel(tracefs)
+            if btf
+            else features.probe_kernel(tracefs, btf_path=NO_BTF)
+        )
+        plan = probes.plan(kernel, tier="tracepoint", signals=signals)
+        raw = "OOMTRACE_HAVE_TASK_OFFSETS" in plan.defines
+        self.hooks = ", ".join(
+            ("raw " if raw else "") + h.split(":", 1)[1]
+            for h in plan.hooks
+            if h.startswith("signal:")
+        )
+        self.probes = probes.Probes(plan)
 
     def close(self) -> None:
         self.probes.close()
@@ -106,12 +73,10 @@ def main() -> None:
     ratios: dict[str, list[float]] = {name: [] for name in VARIANTS}
     hooks: dict[str, str] = {}
     for _ in range(rounds):
-        for name, (signals, patch) in VARIANTS.items():
+        for name, (signals, btf) in VARIANTS.items():
             b1 = common.run_stormer("sigloop", calls)["elapsed_ns"] / calls
-            loaded = Loaded(signals, patch)
-            hooks[name] = ", ".join(
-                h.split(":", 1)[1] for h in loaded.hooks if h.startswith("signal:")
-            )
+            loaded = Loaded(signals, btf)
+            hooks[name] = loaded.hooks
             try:
                 t = common.run_stormer("sigloop", calls)["elapsed_ns"] / calls
             finally:

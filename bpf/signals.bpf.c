@@ -18,14 +18,17 @@
  *    the raw signal_generate reads the target's tgid and SIGKILL is the only
  *    traced signal, a kill waits for its exit directly and the loader leaves
  *    signal_deliver out (OOMTRACE_NEEDS_DELIVER undefined): the one program
- *    that would otherwise run on every signal of the node.
+ *    that would otherwise run on every signal of the node. When it is
+ *    needed, BTF offsets (k_sigaction's handler) allow its raw form.
  *  - sched:sched_process_exit fires in the exiting thread for every thread
  *    on the node, so it is filtered here to processes we saw signalled.
  *    `group_dead` exists on recent kernels; without it (loader leaves
  *    OOMTRACE_EXIT_HAS_GROUP_DEAD undefined) the thread-group leader's exit
  *    stands for the process.
- * All three tracepoints exist since v3.x/v4.x; nothing here needs BTF, but
- * without it the task fields that walk task_struct stay empty.
+ * All three tracepoints exist since v3.x/v4.x, raw tracepoints since v4.17;
+ * nothing here needs BTF, but without it the plain tracepoints are used, the
+ * task fields that walk task_struct stay empty, and signal_deliver is always
+ * attached (the plain signal_generate knows only the target thread).
  */
 
 /* Bit n set: signal n is traced. Written by userspace (--signals); ordinary
@@ -172,19 +175,21 @@ TRACEPOINT_PROBE(signal, signal_generate)
 #endif
 
 #ifdef OOMTRACE_NEEDS_DELIVER
-TRACEPOINT_PROBE(signal, signal_deliver)
+/* Every signal delivered on the node comes through here. What we track is
+ * delivered as itself, or as SIGKILL once a fatal signal has begun the group
+ * exit: anything else is dropped before the hash lookups, which cost more than
+ * the rest of the program on the untraced path. */
+static __always_inline bool oomtrace_deliver_wanted(int sig)
+{
+	return sig == OOMTRACE_SIGKILL || oomtrace_signal_traced(sig);
+}
+
+static __always_inline int oomtrace_signal_delivered(int sig, int code, u64 sa_handler)
 {
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tid = (u32)pid_tgid;
 	u32 tgid = pid_tgid >> 32;
 	struct oomtrace_pending *p;
-
-	/* Every signal delivered on the node comes through here. What we track is
-	 * delivered as itself, or as SIGKILL once a fatal signal has begun the
-	 * group exit: anything else is dropped before the hash lookups below,
-	 * which cost more than the rest of this program on the untraced path. */
-	if (args->sig != OOMTRACE_SIGKILL && !oomtrace_signal_traced(args->sig))
-		return 0;
 
 	/* kill(2) targets the leader (tid == tgid) but any thread may dequeue
 	 * it; tgkill(2) targets one thread, which then receives it itself. */
@@ -209,12 +214,46 @@ TRACEPOINT_PROBE(signal, signal_deliver)
 	r->kill_ktime_ns = kill.ktime_ns;
 	r->kill_sender_tgid = kill.sender_tgid;
 	r->kill_sig = kill.sig;
-	r->sig = args->sig;
-	r->code = args->code;
-	r->sa_handler = args->sa_handler;
+	r->sig = sig;
+	r->code = code;
+	r->sa_handler = sa_handler;
 	events.ringbuf_submit(r, 0);
 	return 0;
 }
+
+#ifdef OOMTRACE_HAVE_TASK_OFFSETS
+/*
+ * The raw tracepoint (v4.17): (int sig, struct kernel_siginfo *info,
+ * struct k_sigaction *ka). Unlike the plain one, no trace record is built
+ * before the program runs, which is most of its cost on a signal we drop.
+ * `info` is SEND_SIG_NOINFO (NULL) for a dying group's SIGKILL; the plain
+ * tracepoint reports SI_USER for it, and so does this.
+ */
+RAW_TRACEPOINT_PROBE(signal_deliver)
+{
+	int sig = (int)ctx->args[0];
+	const void *info = (const void *)ctx->args[1];
+	int code = 0;
+	u64 sa_handler = 0;
+
+	if (!oomtrace_deliver_wanted(sig))
+		return 0;
+	if (info == (const void *)1)
+		code = 0x80; /* SEND_SIG_PRIV: SI_KERNEL */
+	else if (info)
+		bpf_probe_read_kernel(&code, sizeof(code), (const char *)info + 8);
+	bpf_probe_read_kernel(&sa_handler, sizeof(sa_handler),
+			      (const char *)ctx->args[2] + OFF_KSIGACTION_HANDLER);
+	return oomtrace_signal_delivered(sig, code, sa_handler);
+}
+#else
+TRACEPOINT_PROBE(signal, signal_deliver)
+{
+	if (!oomtrace_deliver_wanted(args->sig))
+		return 0;
+	return oomtrace_signal_delivered(args->sig, args->code, (u64)args->sa_handler);
+}
+#endif
 #endif /* OOMTRACE_NEEDS_DELIVER */
 
 TRACEPOINT_PROBE(sched, sched_process_exit)

@@ -1,8 +1,9 @@
 """Joining kernel records into kills: one per victim process.
 
 A kill starts with the record that names it (a signal_generate, a mark_victim, or
-the kprobe's oom_kill_process), gathers the victim's signal_deliver and exit
-records, and is released when the victim has exited or when ``exit_wait`` has
+the kprobe's oom_kill_process), gathers the victim's signal_deliver record (none for
+a SIGKILL when the kernel read the target's tgid: nothing can catch it) and its exit
+record, and is released when the victim has exited or when ``exit_wait`` has
 passed. Records arrive in ring-buffer order, which is the order they were written.
 
 OOM contexts. One run of the OOM killer happens synchronously in the trigger task:
@@ -67,8 +68,9 @@ class Kill:
     group_kill: bool = False
     deliver: DeliverRecord | None = None
     exit: ExitRecord | None = None
-    # Set when the kill will never see a deliver record (not queued).
-    expects_deliver: bool = True
+    # Cleared when no deliver or exit record will come: the signal was not
+    # queued, or the mark_victim had no signal of ours before it.
+    expects_exit: bool = True
     exit_timed_out: bool = False
     # The proc connector's word that the victim exited, when the kernel's exit
     # record is late or lost.
@@ -155,7 +157,7 @@ class Correlator:
             k for k in self._pending.values() if now_ns >= k.deadline_ns and not self._is_held(k)
         ]
         for kill in expired:
-            if kill.exit is None and kill.proc_exit is None and kill.expects_deliver:
+            if kill.exit is None and kill.proc_exit is None and kill.expects_exit:
                 kill.exit_timed_out = True
             self._release(kill)
         done.extend(expired)
@@ -208,9 +210,9 @@ class Correlator:
             victim_comm=rec.target_comm,
             deadline_ns=rec.ktime_ns + self.exit_wait_ns,
             signal=rec,
-            expects_deliver=rec.result == 0,
+            expects_exit=rec.result == 0,
         )
-        if not kill.expects_deliver:
+        if not kill.expects_exit:
             kill.deadline_ns = rec.ktime_ns + self.window_ns
         else:
             self._by_signal[(rec.ktime_ns, rec.sender.tgid)] = kill
@@ -249,7 +251,7 @@ class Correlator:
                 victim_comm=rec.victim_comm or "",
                 # Without a kernel pending entry no deliver or exit record comes.
                 deadline_ns=rec.ktime_ns + self.window_ns,
-                expects_deliver=False,
+                expects_exit=False,
             )
             evicted = self._add(kill)
         kill.kind = "oom_kill"

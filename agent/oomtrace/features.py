@@ -45,6 +45,7 @@ TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
     "OFF_MEMCG_MEMORY": ("mem_cgroup", "memory"),
     "OFF_PAGE_COUNTER_USAGE": ("page_counter", "usage"),
     "OFF_PAGE_COUNTER_MAX": ("page_counter", "max"),
+    "OFF_KSIGACTION_HANDLER": ("k_sigaction", "sa.sa_handler"),
 }
 
 

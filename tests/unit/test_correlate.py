@@ -485,7 +485,7 @@ def test_ignored_signal_expects_nothing_and_does_not_time_out() -> None:
     f(sig)
     assert f.tick(T0 + DEFAULT_WINDOW_NS - 1) == []
     [kill] = f.tick(T0 + DEFAULT_WINDOW_NS)
-    assert kill.expects_deliver is False
+    assert kill.expects_exit is False
     assert kill.exit_timed_out is False
 
 
@@ -562,7 +562,7 @@ def test_mark_without_a_signal_is_an_oom_kill_without_deliver() -> None:
     f(mark(T0, TRIGGER, 201, comm="exiting"))
     [kill] = f.tick(T0 + 1000 * MS)
     assert kill.kind == "oom_kill"
-    assert kill.signal is None and kill.expects_deliver is False
+    assert kill.signal is None and kill.expects_exit is False
     assert kill.victim_comm == "exiting"
     assert kill.context is not None and kill.group_kill is False
 
