@@ -292,6 +292,9 @@ class Compiled:
         table = self.bpf["lost_records"]
         return int(table.sum(table.Key(kind)).value)
 
+    def ring_peak(self) -> tuple[int, int] | None:
+        return None  # bcc's reader does not tell its backlog
+
     def close(self) -> None:
         self.bpf.cleanup()
 
@@ -340,6 +343,10 @@ class Probes:
         """Records dropped for lack of ring-buffer room since load, by kind."""
         counts = {kind: self.backend.lost(kind) for kind in range(REC_KINDS)}
         return {kind: n for kind, n in counts.items() if n}
+
+    def ring_peak(self) -> tuple[int, int] | None:
+        """(the largest backlog a read found, the ring's size) in bytes, if known."""
+        return self.backend.ring_peak()
 
     def close(self) -> None:
         self.backend.close()

@@ -279,9 +279,12 @@ class Agent:
 
     def _log_stats(self, event: str) -> None:
         s = self.correlator.stats
+        peak, size = self.probes.ring_peak() or (None, None)
         self.log.info(
             event,
             **asdict(self.counters),
+            ring_buffer_peak_bytes=peak,
+            ring_buffer_bytes=size,
             pending=self.correlator.pending_count(),
             evicted=s.evicted,
             unmatched_deliver=s.unmatched_deliver,
