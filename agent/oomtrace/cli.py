@@ -266,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--ring-buffer-pages",
         type=_positive(int),
         metavar="N",
-        help="kernel ring buffer size in pages, a power of two (default 1024 = 4 MiB)",
+        help="kernel ring buffer size in pages, a power of two (default 1024 = 4 MiB). "
+        "The stats log lines give the largest backlog seen (ring_buffer_peak_bytes): "
+        "raise this if it comes near the size",
     )
     tuning.add_argument(
         "--record-queue-size",
