@@ -12,17 +12,17 @@ goes through signal_generate and signal_deliver. oomtrace does not trace SIGUSR1
   bpftrace           tracepoint:signal:signal_generate, printing every signal
 
 Setups alternate within each round (each tracer started, loop run, tracer
-stopped); per-round ratios to that round's baseline are reported as medians.
+stopped), each between two runs with no tracer; the ratio to the mean of
+those two is reported as the median over the rounds.
 Then the kernel's own BPF statistics (kernel.bpf_stats_enabled) give the run
 time of each of oomtrace's programs per call.
 
-    sudo .venv/bin/python -m bench.sigpath [--short]
+    sudo .venv/bin/python -m bench.sigpath [--short] [--rounds N]
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 import time
@@ -140,42 +140,45 @@ def _why_not(setup: Setup, error: str) -> str:
 
 
 def measure(calls: int, rounds: int, reps: int) -> tuple[list[Setup], dict[str, float]]:
+    """Each tracer's runs sit between two runs with no tracer, and its ratio is to
+    their mean: the machine's drift over a round (minutes) is larger than the
+    few percent measured."""
     all_setups = setups()
+    none = next(s for s in all_setups if s.start is None)
+    tracers = [s for s in all_setups if s.start is not None]
+
+    def baseline() -> float:
+        t = float(common.run_stormer("sigloop", calls)["elapsed_ns"]) / calls
+        none.ns_per_call.append(t)
+        none.reported.append(0.0)
+        return t
+
     with common.workdir() as work:
         common.run_stormer("sigloop", 10000)  # build and warm up
         for rnd in range(rounds):
-            # Rotate the order so no setup always runs first or last.
-            order = all_setups[rnd % len(all_setups) :] + all_setups[: rnd % len(all_setups)]
-            baseline: list[float] = []
-            measured: dict[str, list[float]] = {}
+            # Rotate the order so no tracer always runs first or last.
+            order = tracers[rnd % len(tracers) :] + tracers[: rnd % len(tracers)]
+            before = baseline()
             for setup in order:
-                if setup.error is not None:
+                if setup.error is not None or setup.start is None:
                     continue
-                if setup.start is None and setup.name != "no tracer":
+                try:
+                    stop = setup.start(work)
+                except Exception as exc:
+                    setup.error = _why_not(setup, str(exc))
                     continue
-                stop = None
-                if setup.start is not None:
-                    try:
-                        stop = setup.start(work)
-                    except Exception as exc:
-                        setup.error = _why_not(setup, str(exc))
-                        continue
                 times = []
                 try:
                     for _ in range(reps):
                         result = common.run_stormer("sigloop", calls)
                         times.append(result["elapsed_ns"] / calls)
                 finally:
-                    reported = stop() if stop is not None else 0
+                    reported = stop()
+                after = baseline()
                 setup.ns_per_call.extend(times)
                 setup.reported.append(reported / (calls * reps))
-                measured[setup.name] = times
-                if setup.name == "no tracer":
-                    baseline = times
-            base = common.median(baseline)
-            for setup in all_setups:
-                if setup.name in measured and not math.isnan(base):
-                    setup.ratios.append(common.median(measured[setup.name]) / base)
+                setup.ratios.append(common.median(times) / ((before + after) / 2))
+                before = after
         prog_cost = program_costs(work, calls)
     return all_setups, prog_cost
 
@@ -215,10 +218,12 @@ def program_costs(work: Path, calls: int) -> dict[str, float]:
 
 
 def main() -> None:
-    args = common.parser(__doc__.splitlines()[0]).parse_args()
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, help="rounds of every setup (default 7; --short 1)")
+    args = p.parse_args()
     common.require_root()
     calls = 100_000 if args.short else 1_000_000
-    rounds = 1 if args.short else 5
+    rounds = args.rounds or (1 if args.short else 7)
     reps = 1
     others = common.other_signal_tracers()
     results, prog_cost = measure(calls, rounds, reps)
