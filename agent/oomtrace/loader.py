@@ -35,6 +35,7 @@ BPF_MAP_LOOKUP_ELEM: Final = 1
 BPF_MAP_UPDATE_ELEM: Final = 2
 BPF_OBJ_GET_INFO_BY_FD: Final = 15
 NR_BPF: Final = {"x86_64": 321, "aarch64": 280}
+_NR_BPF: Final = NR_BPF.get(os.uname().machine)
 
 # The ring buffer's record header: u32 length with these two flags, u32 page offset.
 RINGBUF_BUSY: Final = 1 << 31
@@ -56,7 +57,7 @@ class HandoverError(RuntimeError):
 
 def supported() -> bool:
     """Whether this process can drive handed-over maps (bpf(2) is a raw syscall here)."""
-    return os.uname().machine in NR_BPF and bool(sys.executable)
+    return _NR_BPF is not None and bool(sys.executable)
 
 
 # -- the child -------------------------------------------------------------------
@@ -149,8 +150,7 @@ def load_in_child(
                 proc.kill()
                 proc.wait()
         if not message:
-            for fd in fds:
-                os.close(fd)
+            _close_all(fds)
             stderr.seek(0)
             tail = stderr.read()[-2000:].decode(errors="replace").strip()
             raise HandoverError(
@@ -159,15 +159,18 @@ def load_in_child(
             )
     meta: dict[str, Any] = json.loads(message)
     if "error" in meta:
-        for fd in fds:
-            os.close(fd)
+        _close_all(fds)
         raise HandoverError(meta["error"])
     names: list[str] = meta.pop("names")
     if len(names) != len(fds):
-        for fd in fds:
-            os.close(fd)
+        _close_all(fds)
         raise HandoverError(f"the loader child sent {len(fds)} fds for {len(names)} names")
     return dict(zip(names, fds, strict=True)), meta
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 class _ElemAttr(ctypes.Structure):
@@ -209,10 +212,11 @@ _libc.syscall.restype = ctypes.c_long
 
 
 def _bpf(cmd: int, attr: ctypes.Structure) -> None:
-    nr = NR_BPF[os.uname().machine]
+    if _NR_BPF is None:
+        raise HandoverError(f"bpf(2) has no known syscall number on {os.uname().machine}")
     # syscall(2) is variadic and reads longs: pass longs, not C ints.
     ret = _libc.syscall(
-        ctypes.c_long(nr),
+        ctypes.c_long(_NR_BPF),
         ctypes.c_long(cmd),
         ctypes.c_void_p(ctypes.addressof(attr)),
         ctypes.c_long(ctypes.sizeof(attr)),

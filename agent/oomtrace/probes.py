@@ -120,11 +120,11 @@ def plan(
     if features.tracepoint_has_field("sched:sched_process_exit", "group_dead"):
         defines["OOMTRACE_EXIT_HAS_GROUP_DEAD"] = "1"
 
-    if _needs_deliver(features, signals):
-        defines["OOMTRACE_NEEDS_DELIVER"] = "1"
-
+    needs_deliver = _needs_deliver(features, signals)
     candidates: tuple[Program, ...] = PROGRAMS
-    if "OOMTRACE_NEEDS_DELIVER" not in defines:
+    if needs_deliver:
+        defines["OOMTRACE_NEEDS_DELIVER"] = "1"
+    else:
         candidates = tuple(
             replace(p, hooks=tuple(h for h in p.hooks if h != DELIVER_HOOK)) for p in PROGRAMS
         )
