@@ -43,12 +43,35 @@ struct oomtrace_pending {
 	s32 sig;
 };
 
+#ifdef OOMTRACE_NEEDS_DELIVER
 /* Generated, not yet delivered: keyed by target thread id. LRU, so a
  * signal whose target never runs again cannot fill the map. */
 BPF_TABLE("lru_hash", u32, struct oomtrace_pending, pending_signals, 16384);
+#endif
 
-/* Delivered, exit not yet seen: keyed by tgid. */
+/* Delivered (or a queued SIGKILL), exit not yet seen: keyed by tgid. */
 BPF_TABLE("lru_hash", u32, struct oomtrace_pending, dying, 16384);
+
+/* Where a queued signal waits for the next record of its kill. */
+static __always_inline void oomtrace_signal_queued(int sig, const struct oomtrace_task_view *target,
+						   const struct oomtrace_pending *p)
+{
+#ifdef OOMTRACE_HAVE_TASK_OFFSETS
+	if (sig == OOMTRACE_SIGKILL) {
+		/* Nothing can stop a queued SIGKILL: wait for the exit of the
+		 * target's process, whichever thread it was sent to. */
+		u32 tgid = target->tgid;
+		dying.update(&tgid, p);
+		return;
+	}
+#endif
+#ifdef OOMTRACE_NEEDS_DELIVER
+	/* The loader defines it whenever a signal may get here: without task
+	 * offsets, or with a traced signal other than SIGKILL. */
+	u32 tid = target->tid;
+	pending_signals.update(&tid, p);
+#endif
+}
 
 static __always_inline bool oomtrace_signal_traced(int sig)
 {
@@ -76,19 +99,10 @@ static __always_inline int oomtrace_signal_generated(int sig, int errno_value, i
 	 * pending" results still go to userspace, but wait for nothing. */
 	if (result == 0) {
 		struct oomtrace_pending p = {};
-		u32 key = target->tid;
 		p.ktime_ns = now;
 		p.sender_tgid = sender.tgid;
 		p.sig = sig;
-#ifdef OOMTRACE_HAVE_TASK_OFFSETS
-		if (sig == OOMTRACE_SIGKILL) {
-			/* Nothing can stop a queued SIGKILL: wait for the exit of the
-			 * target's process, whichever thread it was sent to. */
-			key = target->tgid;
-			dying.update(&key, &p);
-		} else
-#endif
-			pending_signals.update(&key, &p);
+		oomtrace_signal_queued(sig, target, &p);
 	}
 
 	struct oomtrace_signal_rec *r = oomtrace_reserve(sizeof(*r), OOMTRACE_REC_SIGNAL);
