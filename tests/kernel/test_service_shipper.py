@@ -17,6 +17,7 @@ import pytest
 from tests.support.agent import AgentProcess
 from tests.support.memcg import Memcg, memcg
 from tests.support.shipper import RSYSLOGD, Rsyslog
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -82,15 +83,6 @@ def ours(pids: set[int]) -> Callable[[Event], bool]:
         and (e.get("victim") or {}).get("pid") in pids
         and (e.get("sender") or {}).get("pid") == me
     )
-
-
-def wait_until(check: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.2)
-    return check()
 
 
 def wait_on_stdout(agent: AgentProcess, mine: Callable[[Event], bool], count: int) -> None:

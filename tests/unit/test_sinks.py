@@ -9,7 +9,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +23,13 @@ from oomtrace.sinks.file import FileTransport
 from oomtrace.sinks.queued import QueuedSink
 from oomtrace.sinks.sockets import UnixTransport
 from oomtrace.sinks.stream import json_line
+from tests.support.wait import wait_until
 
 Event = dict[str, Any]
 
 
 def event(n: int, kind: str = "signal") -> Event:
     return {"type": kind, "n": n}
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
 
 
 def numbers(path: Path) -> list[int]:

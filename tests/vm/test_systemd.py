@@ -5,6 +5,7 @@ score, and the uninstall command. The tests run in file order, on one installati
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 
 from tests.support.agent import repo_root
 from tests.support.shipper import Rsyslog, free_port
+from tests.support.wait import wait_until as _wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -48,18 +50,13 @@ def run(
     return result
 
 
+# systemctl and journalctl are slow in the emulated VM: poll twice a second.
+wait_until = functools.partial(_wait_until, step=0.5)
+
+
 def show(*props: str) -> dict[str, str]:
     out = run("systemctl", "show", "oomtrace", *(f"--property={p}" for p in props)).stdout
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def wait_until(check: Callable[[], bool], timeout: float, step: float = 0.5) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(step)
-    return check()
 
 
 def agent_lines(invocation: str | None = None) -> list[str]:
