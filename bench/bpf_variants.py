@@ -49,7 +49,7 @@ class Loaded:
     with their signal hooks detachable."""
 
     def __init__(self, signals: frozenset[int], btf: bool) -> None:
-        from oomtrace import features, probes
+        from oomtrace.kernel import features, probes
 
         tracefs = features.find_tracefs(mount=True)
         kernel = (

@@ -1,6 +1,6 @@
 """Footprint: the agent's start-up time to `ready`, its RSS and CPU idle and under a
 kill storm, next to the peers and next to the agent compiling in its own process
-(bench.inprocess, as before oomtrace.loader); and where its memory goes.
+(bench.inprocess, as before oomtrace.kernel.loader); and where its memory goes.
 
   start-up   time from exec to the `ready` log (the peers: to their first output
              line), RSS right after it; R runs, setups alternating, medians
@@ -167,9 +167,9 @@ def say(phase):
     print(json.dumps({'phase': phase, **rss()}), flush=True)
 in_process = sys.argv[1] == 'in-process'
 say('python started')
-import oomtrace.runner, oomtrace.service, oomtrace.cri.resolver
+import oomtrace.startup, oomtrace.pipeline, oomtrace.cri.resolver
 say('agent modules imported')
-from oomtrace import features, probes
+from oomtrace.kernel import features, probes
 p = probes.plan(features.probe_kernel(features.find_tracefs(mount=True)))
 if in_process:
     import bcc

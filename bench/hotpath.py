@@ -25,9 +25,9 @@ import orjson
 from tests.unit.test_hot_path import GONE_PID, kill_records
 
 from bench import common
-from oomtrace import records
 from oomtrace.config import Settings
-from oomtrace.service import Agent
+from oomtrace.kernel import records
+from oomtrace.pipeline import Agent
 from oomtrace.sinks.stream import StreamSink
 
 _CODES: dict[Any, str] = {

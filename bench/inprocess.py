@@ -1,4 +1,4 @@
-"""The agent compiling in its own process, as it did before oomtrace.loader: bcc,
+"""The agent compiling in its own process, as it did before oomtrace.kernel.loader: bcc,
 LLVM and clang stay mapped for its whole life. bench.footprint runs it next to the
 agent as shipped to show what the loader child saves.
 
@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import sys
 
-from oomtrace import cli, probes, runner
+from oomtrace import cli, startup
+from oomtrace.kernel import probes
 
 
 def main() -> int:
-    # runner looks the name up when it loads: rebinding it there is enough.
-    setattr(runner, "Probes", functools.partial(probes.Probes, in_process=True))  # noqa: B010
+    # startup looks the name up when it loads: rebinding it there is enough.
+    setattr(startup, "Probes", functools.partial(probes.Probes, in_process=True))  # noqa: B010
     return cli.main(sys.argv[1:])
 
 

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from oomtrace.enrich import memcg, procfs
-from oomtrace.enrich.cgroupfs import CgroupPaths
-from oomtrace.enrich.kubepath import parse_kube_cgroup
-from oomtrace.records import (
+from oomtrace.host import memcg, procfs
+from oomtrace.host.cgroupfs import CgroupPaths
+from oomtrace.host.kubepath import parse_kube_cgroup
+from oomtrace.kernel.records import (
     CgroupRecord,
     MarkVictimRecord,
     MemcgCounter,

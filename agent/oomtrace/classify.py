@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from oomtrace.enrich.kubepath import parse_kube_cgroup
-from oomtrace.records import INFO_NOINFO
+from oomtrace.host.kubepath import parse_kube_cgroup
+from oomtrace.kernel.records import INFO_NOINFO
 
 Event = dict[str, Any]
 

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
 from oomtrace import __version__, configfile, log
 from oomtrace.config import (
@@ -23,8 +23,7 @@ from oomtrace.config import (
     parse_endpoint,
 )
 from oomtrace.sigdefs import parse_signal_list
-
-EXIT_USAGE = 2
+from oomtrace.usage import fail
 
 DESCRIPTION = """\
 oomtrace tells who killed a process, and why. It traces the kernel's OOM killer
@@ -296,11 +295,6 @@ def flag_values(args: argparse.Namespace) -> dict[str, object]:
     return values
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    print(f"oomtrace: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
 def load_settings(args: argparse.Namespace) -> configfile.Loaded:
     path = configfile.config_path(args.config, os.environ)
     return configfile.load(flag_values(args), config=path)
@@ -323,11 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     for warning in loaded.warnings:
         log.get().warning("configuration", note=warning)
 
-    from oomtrace import runner
+    # Imported here: the BPF side is not needed for `config` or a usage error.
+    from oomtrace import startup
 
     if args.ebpf:
-        return runner.print_ebpf(settings)
-    return runner.run(settings, reload=lambda: load_settings(args).settings)
+        return startup.print_ebpf(settings)
+    return startup.run(settings, reload=lambda: load_settings(args).settings)
 
 
 def config_main(argv: list[str]) -> int:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from oomtrace.exits import ProcExit
-from oomtrace.records import (
+from oomtrace.kernel.records import (
     DeliverRecord,
     ExitRecord,
     MarkVictimRecord,

@@ -14,14 +14,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from oomtrace import features
 from oomtrace.capture import Capture, MemcgCapture
 from oomtrace.classify import Rules, classify
 from oomtrace.correlate import Kill
-from oomtrace.enrich import memcg
-from oomtrace.enrich.procfs import Parent, ProcSnapshot
-from oomtrace.features import KernelVocabulary
-from oomtrace.records import OomKillRecord, Task
+from oomtrace.host import memcg
+from oomtrace.host.procfs import Parent, ProcSnapshot
+from oomtrace.kernel import features
+from oomtrace.kernel.features import KernelVocabulary
+from oomtrace.kernel.records import OomKillRecord, Task
 from oomtrace.sigdefs import GENERATE_RESULTS, code_name, kernel_generated, signal_name
 
 SCHEMA: Final = "oomtrace.event/v1"

@@ -55,7 +55,7 @@ def _with_adj(adj: int, code: str) -> list[str]:
 
 class Recorder:
     def __init__(self) -> None:
-        from oomtrace import features, probes
+        from oomtrace.kernel import features, probes
 
         tracefs = features.find_tracefs(mount=True)
         plan = probes.plan(
@@ -76,7 +76,7 @@ class Recorder:
         self, name: str, scenario: Callable[[set[int], set[str]], None]
     ) -> list[dict[str, str]]:
         """Runs one scenario; keeps the records naming its pids or its cgroups."""
-        from oomtrace import records
+        from oomtrace.kernel import records
 
         self.poll(0.3)
         start = len(self.raw)

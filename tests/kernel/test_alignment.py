@@ -1,4 +1,4 @@
-"""The userspace mirrors in oomtrace.records against the kernel side's structs.
+"""The userspace mirrors in oomtrace.kernel.records against the kernel side's structs.
 
 As Tetragon checks its Go mirrors: the BPF text the real loader assembles for this
 kernel (same #defines, same stub kernel tree when there are no headers) is
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from oomtrace import features, probes, records
+from oomtrace.kernel import features, probes, records
 
 pytestmark = pytest.mark.kernel
 

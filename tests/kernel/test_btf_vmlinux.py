@@ -1,4 +1,4 @@
-"""oomtrace.btf against this machine's kernel BTF, cross-checked with bpftool."""
+"""oomtrace.kernel.btf against this machine's kernel BTF, cross-checked with bpftool."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from oomtrace.btf import VMLINUX_BTF, Btf, BtfError
+from oomtrace.kernel.btf import VMLINUX_BTF, Btf, BtfError
 
 pytestmark = pytest.mark.kernel
 

@@ -1,4 +1,4 @@
-"""oomtrace.enrich.cgroupfs: id -> path maps over fake mounts, then over this kernel's cgroups.
+"""oomtrace.host.cgroupfs: id -> path maps over fake mounts, then over this kernel's cgroups.
 
 The tests marked ``kernel`` make cgroups in the real hierarchies (root needed) and remove
 them afterwards; the others run the same code over directories in tmp_path, whose inode
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.enrich import procfs
-from oomtrace.enrich.cgroupfs import CgroupPaths, Hierarchy, parse_mountinfo
-from oomtrace.enrich.memcg import limited_ancestor, read_memcg
+from oomtrace.host import procfs
+from oomtrace.host.cgroupfs import CgroupPaths, Hierarchy, parse_mountinfo
+from oomtrace.host.memcg import limited_ancestor, read_memcg
 
 MiB = 1024 * 1024
 

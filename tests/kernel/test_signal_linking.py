@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace import features, probes
 from oomtrace.correlate import Correlator, Kill
-from oomtrace.records import DeliverRecord, ExitRecord, Record, RecordDecoder, SignalRecord
+from oomtrace.kernel import features, probes
+from oomtrace.kernel.records import DeliverRecord, ExitRecord, Record, RecordDecoder, SignalRecord
 
 DELIVER = "signal:signal_deliver"
 

@@ -1,4 +1,4 @@
-"""oomtrace.btf against small BTF blobs built here, in both byte orders."""
+"""oomtrace.kernel.btf against small BTF blobs built here, in both byte orders."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.btf import Btf, BtfError
+from oomtrace.kernel.btf import Btf, BtfError
 
 (INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT) = range(1, 12)
 (FUNC, FUNC_PROTO, VAR, DATASEC, FLOAT, DECL_TAG, TYPE_TAG, ENUM64) = range(12, 20)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from oomtrace.classify import Rules, classify, oom_scope, signal_cause
-from oomtrace.records import INFO_NOINFO, INFO_PRIV, INFO_SIGINFO
+from oomtrace.kernel.records import INFO_NOINFO, INFO_PRIV, INFO_SIGINFO
 
 Event = dict[str, Any]
 MiB = 1 << 20

@@ -14,13 +14,13 @@ import pytest
 from prometheus_client import generate_latest
 
 from oomtrace.config import ConfigError, Endpoint, Settings
-from oomtrace.features import find_symbol
-from oomtrace.lifecycle import Lifecycle
+from oomtrace.kernel.features import find_symbol
 from oomtrace.metrics import Metrics
 from oomtrace.notify import Notifier
-from oomtrace.runner import hidepid
-from oomtrace.service import Agent
+from oomtrace.pipeline import Agent
 from oomtrace.sinks.fanout import SinkSet
+from oomtrace.startup import hidepid
+from oomtrace.systemd import Lifecycle
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from oomtrace.correlate import (
     Correlator,
     Kill,
 )
-from oomtrace.records import (
+from oomtrace.kernel.records import (
     CgroupRecord,
     DeliverRecord,
     ExitRecord,

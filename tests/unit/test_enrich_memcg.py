@@ -1,4 +1,4 @@
-"""oomtrace.enrich.memcg against fake cgroup v1 and v2 memory hierarchies in tmp_path."""
+"""oomtrace.host.memcg against fake cgroup v1 and v2 memory hierarchies in tmp_path."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.enrich import memcg
-from oomtrace.enrich.cgroupfs import Hierarchy
-from oomtrace.enrich.memcg import common_ancestor, limited_ancestor, read_memcg
+from oomtrace.host import memcg
+from oomtrace.host.cgroupfs import Hierarchy
+from oomtrace.host.memcg import common_ancestor, limited_ancestor, read_memcg
 
 MiB = 1024 * 1024
 V1_UNLIMITED = "9223372036854771712"  # PAGE_COUNTER_MAX pages in bytes, 4 KiB pages

@@ -1,4 +1,4 @@
-"""oomtrace.enrich.procfs against this test process and children it starts."""
+"""oomtrace.host.procfs against this test process and children it starts."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.enrich import procfs
-from oomtrace.enrich.procfs import Parent
+from oomtrace.host import procfs
+from oomtrace.host.procfs import Parent
 
 # Above PID_MAX_LIMIT (4 * 1024 * 1024): no process ever has it.
 NO_SUCH_PID = 4 * 1024 * 1024 + 1

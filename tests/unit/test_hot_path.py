@@ -29,12 +29,12 @@ from typing import Any
 import orjson
 import pytest
 
-from oomtrace import records
 from oomtrace.config import Settings
 from oomtrace.correlate import Correlator
-from oomtrace.enrich import procfs
-from oomtrace.records import RecordDecoder
-from oomtrace.service import Agent
+from oomtrace.host import procfs
+from oomtrace.kernel import records
+from oomtrace.kernel.records import RecordDecoder
+from oomtrace.pipeline import Agent
 from oomtrace.sinks.stream import StreamSink
 
 TARGET_US = 50.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oomtrace.enrich.kubepath import KubeCgroup, parse_kube_cgroup
+from oomtrace.host.kubepath import KubeCgroup, parse_kube_cgroup
 
 UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
 UID_ = UID.replace("-", "_")

@@ -1,4 +1,4 @@
-"""oomtrace.records against raw records recorded from a real kernel (tests/data).
+"""oomtrace.kernel.records against raw records recorded from a real kernel (tests/data).
 
 The records were written by the real BPF programs on Linux 6.18 (re-record with
 tests/data/record.py); every one must decode, and its fields must tell the story
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace import records
-from oomtrace.records import (
+from oomtrace.kernel import records
+from oomtrace.kernel.records import (
     CgroupRecord,
     DecodeError,
     DeliverRecord,

@@ -21,7 +21,7 @@ from oomtrace.cri.client import DEFAULT_ENDPOINTS, CriClient, detect_endpoint
 from oomtrace.cri.errors import CriError, CriNotFound, CriTimeout, CriUnavailable
 from oomtrace.cri.health import CriHealth
 from oomtrace.cri.model import POD_UID, ContainerInfo, SandboxInfo, looks_like_image_id
-from oomtrace.enrich.kubepath import KubeCgroup, parse_kube_cgroup
+from oomtrace.host.kubepath import KubeCgroup, parse_kube_cgroup
 
 __all__ = ["K8S_KEYS", "CriResolver"]
 

@@ -18,7 +18,7 @@ from typing import Final
 from oomtrace import configfile, log
 from oomtrace.config import ConfigError, Settings
 from oomtrace.notify import Notifier
-from oomtrace.service import Agent, EventFilter
+from oomtrace.pipeline import Agent, EventFilter
 from oomtrace.sinks.fanout import SinkSet
 
 STATUS_S: Final = 10.0

@@ -22,12 +22,12 @@ from oomtrace.capture import Capture
 from oomtrace.config import Settings
 from oomtrace.correlate import Correlator, Kill
 from oomtrace.cri.resolver import CriResolver
-from oomtrace.enrich.cgroupfs import CgroupPaths
 from oomtrace.events import Clock, Event, EventBuilder
 from oomtrace.exits import ExitWatcher, ProcExit
-from oomtrace.features import KernelVocabulary
-from oomtrace.probes import Probes
-from oomtrace.records import KIND_NAMES, DecodeError, RecordDecoder
+from oomtrace.host.cgroupfs import CgroupPaths
+from oomtrace.kernel.features import KernelVocabulary
+from oomtrace.kernel.probes import Probes
+from oomtrace.kernel.records import KIND_NAMES, DecodeError, RecordDecoder
 from oomtrace.sinks import Accounted, Sink
 
 # While kills wait for their exit or window, deadlines are checked this often;

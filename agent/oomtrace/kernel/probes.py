@@ -2,7 +2,7 @@
 
 The C that is loaded is one text: the #defines computed for this kernel, then
 ``bpf/oomtrace.h``, ``bpf/common.bpf.h`` and one file per concern. ``--ebpf``
-prints exactly that text. It is compiled in a child process (oomtrace.loader).
+prints exactly that text. It is compiled in a child process (oomtrace.kernel.loader).
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Final
 
-from oomtrace import loader
-from oomtrace.features import KernelFeatures, find_symbol, page_size
-from oomtrace.records import REC_KINDS
+from oomtrace.kernel import loader
+from oomtrace.kernel.features import KernelFeatures, find_symbol, page_size
+from oomtrace.kernel.records import REC_KINDS
 from oomtrace.sigdefs import SIGKILL, signal_mask
 
 
 def bpf_dir() -> Path:
     """bpf/ ships inside the wheel as oomtrace/bpf, and sits at the top of a source tree."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "bpf", here.parent.parent / "bpf"):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "bpf", package.parent.parent / "bpf"):
         if (candidate / "oomtrace.h").is_file():
             return candidate
     raise FileNotFoundError("the bpf/ directory with oomtrace.h is not installed")
@@ -303,7 +303,7 @@ class Probes:
     """The loaded programs: a ring buffer to poll and counters to read.
 
     By default a short-lived child compiles and attaches them and hands the kernel
-    objects over (oomtrace.loader), so that LLVM never weighs on the agent;
+    objects over (oomtrace.kernel.loader), so that LLVM never weighs on the agent;
     ``in_process`` compiles here instead, keeping bcc and LLVM mapped.
     """
 

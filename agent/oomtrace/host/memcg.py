@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from oomtrace.enrich.cgroupfs import Hierarchy
+from oomtrace.host.cgroupfs import Hierarchy
 
 __all__ = ["ancestry", "common_ancestor", "limited_ancestor", "read_memcg", "subtree_pids"]
 

@@ -7,19 +7,18 @@ import os
 import sys
 from collections.abc import Callable
 
-from oomtrace import features, log, privileges
-from oomtrace.cli import fail
+from oomtrace import log, privileges
 from oomtrace.config import ConfigError, Settings
 from oomtrace.cri.resolver import CriResolver
-from oomtrace.lifecycle import Lifecycle
+from oomtrace.kernel import features
+from oomtrace.kernel.probes import LoadError, Probes, assemble, plan
 from oomtrace.metrics import Metrics
 from oomtrace.notify import Notifier
-from oomtrace.probes import LoadError, Probes, assemble, plan
-from oomtrace.service import Agent
+from oomtrace.pipeline import Agent
 from oomtrace.sinks import Sink
 from oomtrace.sinks.fanout import SinkSet
-
-EXIT_FAILURE = 1
+from oomtrace.systemd import Lifecycle
+from oomtrace.usage import EXIT_FAILURE, fail
 
 
 def check_privileges() -> None:

@@ -3,7 +3,7 @@
 bcc links LLVM and clang: importing it maps some 60 MB of libraries into the
 process, and compiling grows the heap by 40 MB more, none of which is used once
 the programs are loaded. So a child process compiles and attaches the programs
-(oomtrace.probes.Compiled), then hands the kernel objects over a unix socket
+(oomtrace.kernel.probes.Compiled), then hands the kernel objects over a unix socket
 (SCM_RIGHTS): the map fds, and the perf-event and raw-tracepoint fds that keep
 each program attached. The kernel objects live as long as some process holds
 their fds, so the child may exit; it does so with os._exit, because bcc's exit
@@ -69,7 +69,7 @@ def child_main(sock_fd: int) -> None:
     sock = socket.socket(fileno=sock_fd)
     try:
         request = json.loads(_read_all(sock))
-        from oomtrace.probes import Compiled
+        from oomtrace.kernel.probes import Compiled
 
         source = request["kernel_source"]
         compiled = Compiled(
@@ -108,7 +108,8 @@ def load_in_child(
     """Runs the child; returns the fds by name ("map:events", "link:...") and what it
     said (compiler_output, kprobe_error). Raises HandoverError."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    package_root = str(Path(__file__).resolve().parent.parent)
+    # The directory that holds the oomtrace package: this file is oomtrace/kernel/loader.py.
+    package_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with tempfile.TemporaryFile() as stderr, parent:
@@ -117,7 +118,7 @@ def load_in_child(
                 [
                     sys.executable,
                     "-c",
-                    "import sys; from oomtrace.loader import child_main; "
+                    "import sys; from oomtrace.kernel.loader import child_main; "
                     "child_main(int(sys.argv[1]))",
                     str(child.fileno()),
                 ],
@@ -353,7 +354,7 @@ class RingBuffer:
 
 class Handed:
     """The loaded programs as fds handed over by the child: the same operations as
-    oomtrace.probes.Compiled, without bcc."""
+    oomtrace.kernel.probes.Compiled, without bcc."""
 
     def __init__(self, fds: dict[str, int], meta: dict[str, Any]) -> None:
         self.fds = fds

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from oomtrace.btf import Btf, BtfError
+from oomtrace.kernel.btf import Btf, BtfError
 
 TRACEFS_CANDIDATES: Final = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 BTF_VMLINUX: Final = Path("/sys/kernel/btf/vmlinux")

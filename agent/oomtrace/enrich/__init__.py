@@ -1,1 +1,0 @@
-"""Enrichment of raw BPF records with facts read from /proc and cgroupfs."""

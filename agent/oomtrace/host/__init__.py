@@ -1,0 +1,1 @@
+"""Readers of the host's state: /proc, cgroupfs and the memory cgroup files."""
