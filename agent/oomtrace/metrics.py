@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from oomtrace.config import Endpoint
-from oomtrace.events import Event
+from oomtrace.schema import Event
 
 UNKNOWN: Final = "unknown"
 ROLES: Final = ("victim", "trigger", "sender")

@@ -6,15 +6,7 @@ killed it and why. Every value comes from the JSON event, so both views agree.
 
 from __future__ import annotations
 
-from typing import Any
-
-Event = dict[str, Any]
-
-
-def _mib(value: object) -> str:
-    if not isinstance(value, int):
-        return "?"
-    return f"{value / 1048576:.1f} MiB"
+from oomtrace.schema import Event, mib, pod_label
 
 
 def _value(value: object) -> str:
@@ -37,7 +29,7 @@ def _k8s(proc: Event | None) -> str | None:
     k8s = (proc or {}).get("k8s")
     if not k8s:
         return None
-    pod = f"{k8s.get('namespace') or '?'}/{k8s.get('pod') or k8s.get('pod_uid') or '?'}"
+    pod = pod_label(k8s)
     if k8s.get("sandbox"):
         return f"pod {pod}, sandbox (pause) process"
     return f"pod {pod}, container {k8s.get('container') or k8s.get('container_id') or '?'}"
@@ -74,9 +66,9 @@ def _oom_lines(event: Event) -> list[str]:
         parts = stat.get("stat") or {}
         lines.append(
             f"  memcg    {oom.get('memcg') or stat.get('path') or '?'}  "
-            f"limit {_mib(stat.get('limit_bytes'))}  usage {_mib(stat.get('usage_bytes'))}  "
-            f"working set {_mib(stat.get('working_set_bytes'))}  "
-            f"(anon {_mib(parts.get('anon'))}, file {_mib(parts.get('file'))})"
+            f"limit {mib(stat.get('limit_bytes'))}  usage {mib(stat.get('usage_bytes'))}  "
+            f"working set {mib(stat.get('working_set_bytes'))}  "
+            f"(anon {mib(parts.get('anon'))}, file {mib(parts.get('file'))})"
         )
     if event.get("group_kill"):
         lines.append(f"  killed with the chosen victim (OOM context {oom.get('context_id')})")

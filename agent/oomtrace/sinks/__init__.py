@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from oomtrace.events import Event
+from oomtrace.schema import Event
 
 
 class Sink(Protocol):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from oomtrace import log
 from oomtrace.config import ConfigError, Endpoint, Settings
-from oomtrace.events import Event
+from oomtrace.schema import Event
 from oomtrace.sinks.file import FileTransport
 from oomtrace.sinks.queued import CLOSE_TIMEOUT_S, QueuedSink, Transport
 from oomtrace.sinks.sockets import TcpTransport, UnixTransport

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Final, NamedTuple, Protocol
 
 from oomtrace import log
-from oomtrace.events import Event
+from oomtrace.schema import Event
 from oomtrace.sinks.backoff import Backoff
 
 # How often the writer looks again at what the reader consumed while some

@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 import orjson
 
-from oomtrace.events import Event
+from oomtrace.schema import Event
 from oomtrace.text import render
 
 

@@ -1,0 +1,55 @@
+"""The ``oomtrace.event/v1`` vocabulary, shared by the builder, the classifier and
+every sink: the event type, the roles a process can play, the causes, and the
+labels people read. docs/events.md documents every field.
+
+Nothing here reads the host or knows about kernel records: a sink that imports
+this module imports nothing else of the agent.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Final
+
+SCHEMA: Final = "oomtrace.event/v1"
+
+# One event: plain JSON data, ready for orjson.
+Event = dict[str, Any]
+
+# The roles a process plays in an event. The victim is the process that died; the
+# sender sent the signal; the trigger is the task whose allocation ran the OOM killer.
+VICTIM: Final = "victim"
+SENDER: Final = "sender"
+TRIGGER: Final = "trigger"
+ROLES: Final = (VICTIM, SENDER, TRIGGER)
+
+
+class Cause(StrEnum):
+    """Why a process died: the event's `cause`. A new cause is added here and
+    decided in classify.py (with its test in tests/unit/test_classify.py)."""
+
+    OOM_KILL = "oom_kill"
+    CGROUP_KILL = "cgroup_kill"
+    USERSPACE_OOM_KILLER = "userspace_oom_killer"
+    RUNTIME_STOP = "runtime_stop"
+    MANUAL = "manual"
+    KERNEL = "kernel"
+    PROCESS = "process"
+
+
+MIB: Final = 1 << 20
+
+
+def mib(value: object, digits: int = 1) -> str:
+    """A byte count in MiB for people, or "?" when it is unknown."""
+    return f"{value / MIB:.{digits}f} MiB" if isinstance(value, int) else "?"
+
+
+def pod_label(k8s: dict[str, Any]) -> str:
+    """namespace/pod, with the pod UID when the CRI gave no name."""
+    return f"{k8s.get('namespace') or '?'}/{k8s.get('pod') or k8s.get('pod_uid') or '?'}"
+
+
+def container_label(k8s: dict[str, Any]) -> str | None:
+    """The container's name, or the start of its ID when the CRI gave no name."""
+    return k8s.get("container") or (k8s.get("container_id") or "")[:12] or None
