@@ -103,9 +103,8 @@ def main() -> None:
     decoded = [decoder.decode(r) for r in raws]
     kills: list[Any] = []
     for record in decoded:
-        agent.capture.on_record(record)
-        kills += agent.correlator.feed(record)
-    event = agent.builder.kill(kills[0])
+        kills += agent.correlator.feed(record, agent.capture.on_record(record))
+    event = agent.event_of(kills[0])
     batches = [kill_records(GONE_PID, 12345 * 10**7) for _ in range(4096)]
     it = iter(range(1 << 62))
 
@@ -130,7 +129,10 @@ def main() -> None:
             per_call_us(capture, seconds),
         ),
         ("correlate 2 records (incl. their decode)", per_call_us(correlate, seconds) - decode_us),
-        ("build the event", per_call_us(lambda: agent.builder.kill(kills[0]), seconds)),
+        (
+            "build, enrich and classify the event",
+            per_call_us(lambda: agent.event_of(kills[0]), seconds),
+        ),
         ("serialize (orjson)", per_call_us(lambda: orjson.dumps(event) + b"\n", seconds)),
         ("whole pipeline (Agent._process x 2, sink)", per_call_us(whole, seconds)),
     ]

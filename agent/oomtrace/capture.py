@@ -1,25 +1,32 @@
-"""Reading what the kernel records do not carry, the moment a record arrives.
+"""Capture: what the host shows about a record's processes and memcgs, read the
+moment the record arrives, returned as the record's :class:`Evidence`.
 
 A killed process, its parent chain and its memcg's counters are gone or changed
 within milliseconds, so /proc and the memcg files are read here, before the
-correlator waits for anything. Snapshots are cached under the kernel's process
-key (tgid, start time): a pid that was reused by another process never matches.
+correlator waits for anything. The evidence travels with the record into its
+:class:`~oomtrace.correlate.Kill`, so the builder never looks anything up again.
+
+The snapshot cache below only saves reads (a busy sender is read once, not once
+a kill); a snapshot it no longer holds is read again, never missing from evidence.
+Snapshots are keyed by the kernel's process key (tgid, start time): a pid reused
+by another process never matches.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, assert_never
 
-from oomtrace.host import memcg, procfs
+from oomtrace.host import memcg, meminfo, procfs
 from oomtrace.host.cgroupfs import CgroupPaths
 from oomtrace.host.kubepath import parse_kube_cgroup
 from oomtrace.kernel.records import (
     CgroupRecord,
+    DeliverRecord,
+    ExitRecord,
     MarkVictimRecord,
     MemcgCounter,
     OomKillRecord,
@@ -37,12 +44,33 @@ MAX_SNAPSHOTS: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
+class Seen:
+    """One process of a record as the host showed it when the record arrived."""
+
+    snapshot: procfs.ProcSnapshot | None
+    # The record's cgroup ids as paths: its memcg, and (only when the memcg is
+    # unknown) its cgroup v2 id.
+    memcg: str | None = None
+    unified: str | None = None
+    # Nearest first: from the snapshot, or, for a process gone before it was read
+    # (a script's kill), from its parent, which usually is not.
+    parents: tuple[procfs.Parent, ...] = ()
+
+    def cgroup(self, snapshot: procfs.ProcSnapshot | None = None) -> str | None:
+        """The memcg the kernel named, else /proc's memory cgroup (of `snapshot`, or
+        this one's), else the cgroup v2 path: on a hybrid host the v1 memcg path
+        is the one that names the limit."""
+        snap = snapshot or self.snapshot
+        return self.memcg or (snap.memory_cgroup if snap else None) or self.unified
+
+
+@dataclass(frozen=True, slots=True)
 class MemcgCapture:
     """The memcgs of an OOM kill, read as it happened.
 
     `oom_memcg` is the memcg whose limit was hit when the kernel told it: named
     by the kprobe, or the nearest of the trigger's memcgs whose page counter
-    stood at its limit at mark_victim time. Without either, events.py infers it
+    stood at its limit at mark_victim time. Without either, oom.py infers it
     from `stats`, which holds read_memcg() for each limited candidate.
     """
 
@@ -65,6 +93,27 @@ class Holder:
     cgroup: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What capture read for one record, by the role each process plays in it.
+
+    `target` is the process a signal, mark or kprobe record names as its victim;
+    `victim` is the victim in its own context (deliver and exit records).
+    """
+
+    sender: Seen | None = None
+    target: Seen | None = None
+    victim: Seen | None = None
+    trigger: Seen | None = None
+    memcg: MemcgCapture | None = None
+    holders: tuple[Holder, ...] = ()
+    # RAM + swap in pages, what a global OOM weighs oom_score_adj against.
+    node_pages: int | None = None
+
+
+NO_EVIDENCE: Final = Evidence()
+
+
 class Capture:
     def __init__(
         self,
@@ -76,96 +125,106 @@ class Capture:
     ) -> None:
         self.paths = paths
         self.on_new_container = on_new_container
-        self._page_size = os.sysconf("SC_PAGE_SIZE")
         self._max = max_snapshots
         self._snapshots: OrderedDict[ProcessKey, procfs.ProcSnapshot] = OrderedDict()
         self._by_tid: OrderedDict[int, ProcessKey] = OrderedDict()
-        self.orphan_chains: OrderedDict[ProcessKey, tuple[procfs.Parent, ...]] = OrderedDict()
-        # Keyed by the mark_victim / oom_kill record's ktime.
-        self.memcg_by_ktime: OrderedDict[int, MemcgCapture] = OrderedDict()
-        self.holders_by_ktime: OrderedDict[int, list[Holder]] = OrderedDict()
         self.top_n = top_n
         # One scan per OOM run: (trigger tid, ktime) of the last one.
-        self._last_scan: tuple[int, int, list[Holder]] | None = None
+        self._last_scan: tuple[int, int, tuple[Holder, ...]] | None = None
 
-    def on_record(self, record: Record) -> None:
+    def on_record(self, record: Record) -> Evidence:
+        """Reads what `record` does not carry. Dispatch is exhaustive: mypy flags a
+        record kind added to kernel/records.py and not handled here."""
         if isinstance(record, SignalRecord):
-            self.task(record.sender)
             if record.target is not None:
-                self.task(record.target, with_parents=False)
+                target = self._seen(record.target, with_parents=False)
             else:
-                self.thread(record.target_tid)
-        elif isinstance(record, MarkVictimRecord):
-            self.task(record.trigger)
-            if record.victim_tid not in self._by_tid:
-                self.thread(record.victim_tid)
-            mem = self._memcg(record.ktime_ns, record.trigger, record.trigger_memcgs, None)
-            self._holders(record.ktime_ns, record.trigger, mem)
-        elif isinstance(record, OomKillRecord):
-            self.task(record.trigger)
-            if record.victim_tid not in self._by_tid:
-                self.thread(record.victim_tid)
-            mem = self._memcg(record.ktime_ns, record.trigger, (), record)
-            self._holders(record.ktime_ns, record.trigger, mem)
-        elif isinstance(record, CgroupRecord):
+                target = self._seen_thread(record.target_tid)
+            return Evidence(sender=self._seen(record.sender, with_parents=True), target=target)
+        if isinstance(record, MarkVictimRecord):
+            return self._oom(record.ktime_ns, record.trigger, record.victim_tid, record, None)
+        if isinstance(record, OomKillRecord):
+            return self._oom(record.ktime_ns, record.trigger, record.victim_tid, None, record)
+        if isinstance(record, DeliverRecord | ExitRecord):
+            # The victim in its own context: its cgroups as the kernel named them.
+            return Evidence(victim=self._ids(record.victim, None))
+        if isinstance(record, CgroupRecord):
             self.paths.learn(record.hierarchy, record.cgroup_id, record.path)
             if self.on_new_container is not None:
                 kube = parse_kube_cgroup(record.path)
                 if kube is not None and kube.role == "container":
                     self.on_new_container()
+            return NO_EVIDENCE
+        assert_never(record)
+
+    def _oom(
+        self,
+        ktime_ns: int,
+        trigger: Task,
+        victim_tid: int,
+        mark: MarkVictimRecord | None,
+        kprobe: OomKillRecord | None,
+    ) -> Evidence:
+        seen_trigger = self._seen(trigger, with_parents=True)
+        counters = mark.trigger_memcgs if mark is not None else ()
+        mem = self._memcg(ktime_ns, trigger, seen_trigger, counters, kprobe)
+        return Evidence(
+            trigger=seen_trigger,
+            target=self._seen_thread(victim_tid),
+            memcg=mem,
+            holders=self._holders(ktime_ns, trigger, mem),
+            node_pages=meminfo.node_pages(),
+        )
 
     # -- processes -------------------------------------------------------------
 
-    def task(self, task: Task, *, with_parents: bool = True) -> procfs.ProcSnapshot | None:
-        """The snapshot of a task seen in the kernel, taken now if not cached."""
+    def _seen(self, task: Task, *, with_parents: bool) -> Seen:
+        """A task seen in the kernel: its snapshot, checked against pid reuse."""
         expect = procfs.kernel_start_to_ticks(task.start_ns) if task.start_ns else None
+        snap = None
         if expect is not None:
             cached = self._snapshots.get((task.tgid, expect))
             if cached is not None and cached.comm == task.comm:
-                return cached
-        snap = procfs.snapshot(task.tgid, expect_start_ticks=expect, with_parents=with_parents)
+                if with_parents and not cached.parents and cached.ppid:
+                    cached = None  # taken for a victim, without its parents
+                snap = cached
+        if snap is None:
+            snap = procfs.snapshot(task.tgid, expect_start_ticks=expect, with_parents=with_parents)
+            if snap is not None:
+                self._remember(task.tid, snap)
+        chain: tuple[procfs.Parent, ...] = ()
         if snap is not None:
-            self._remember(task.tid, snap)
-        elif task.ppid and expect is not None:
+            chain = snap.parents
+        elif with_parents and task.ppid and expect is not None:
             # A short-lived sender (a script's kill) is gone already; its
             # parent, named by the kernel, usually is not.
             chain = procfs.parents(task.ppid) or (procfs.Parent(task.ppid, task.parent_comm),)
-            self.orphan_chains[(task.tgid, expect)] = chain
-            while len(self.orphan_chains) > self._max:
-                self.orphan_chains.popitem(last=False)
-        return snap
+        return self._ids(task, snap, chain if with_parents else ())
 
-    def chain(self, task: Task) -> tuple[procfs.Parent, ...] | None:
-        """The parent chain captured for a task that had exited before it was read."""
-        if not task.start_ns:
-            return None
-        return self.orphan_chains.get((task.tgid, procfs.kernel_start_to_ticks(task.start_ns)))
-
-    def thread(self, tid: int) -> procfs.ProcSnapshot | None:
-        """A snapshot of the process that owns thread `tid`, if it still exists;
-        a victim's parents are not reported, so they are not read."""
-        tgid = procfs.tgid_of(tid)
-        if tgid is None:
-            return None
-        snap = procfs.snapshot(tgid, with_parents=False)
-        if snap is not None:
-            self._remember(tid, snap)
-        return snap
-
-    def lookup(
-        self, tid: int, tgid: int | None = None, start_ns: int = 0
-    ) -> procfs.ProcSnapshot | None:
-        """A snapshot taken earlier for this thread or process, checked against pid reuse."""
-        if tgid is not None and start_ns:
-            snap = self._snapshots.get((tgid, procfs.kernel_start_to_ticks(start_ns)))
-            if snap is not None:
-                return snap
+    def _seen_thread(self, tid: int) -> Seen:
+        """The process that owns thread `tid`, when the record names only the tid.
+        A victim's parents are not reported, so they are not read."""
         key = self._by_tid.get(tid)
-        if key is None:
-            return None
-        if tgid is not None and start_ns and key != (tgid, procfs.kernel_start_to_ticks(start_ns)):
-            return None
-        return self._snapshots.get(key)
+        snap = self._snapshots.get(key) if key is not None else None
+        if snap is None:
+            tgid = procfs.tgid_of(tid)
+            snap = procfs.snapshot(tgid, with_parents=False) if tgid is not None else None
+            if snap is not None:
+                self._remember(tid, snap)
+        return Seen(snap)
+
+    def _ids(
+        self,
+        task: Task,
+        snap: procfs.ProcSnapshot | None,
+        parents: tuple[procfs.Parent, ...] = (),
+    ) -> Seen:
+        memcg_path = self.paths.memcg_path(task.memcg_id) if task.memcg_id else None
+        unified = None
+        if memcg_path is None and task.cgroup_id:
+            # Looked up only when needed: a miss can cost a walk of the hierarchy.
+            unified = self.paths.unified_path(task.cgroup_id)
+        return Seen(snap, memcg_path, unified, parents)
 
     def _remember(self, tid: int, snap: procfs.ProcSnapshot) -> None:
         key = (snap.tgid, snap.start_ticks)
@@ -184,6 +243,7 @@ class Capture:
         self,
         ktime_ns: int,
         trigger: Task,
+        seen_trigger: Seen,
         counters: tuple[MemcgCounter, ...],
         kprobe: OomKillRecord | None,
     ) -> MemcgCapture | None:
@@ -191,9 +251,8 @@ class Capture:
         if hierarchy is None:
             return None
         trigger_memcg = self.paths.memcg_path(trigger.memcg_id) if trigger.memcg_id else None
-        if trigger_memcg is None:
-            snap = self.lookup(trigger.tid, trigger.tgid, trigger.start_ns)
-            trigger_memcg = snap.memory_cgroup if snap else None
+        if trigger_memcg is None and seen_trigger.snapshot is not None:
+            trigger_memcg = seen_trigger.snapshot.memory_cgroup
         by_path = {
             path: c for c in counters if (path := self.paths.memcg_path(c.memcg_id)) is not None
         }
@@ -225,22 +284,20 @@ class Capture:
             stat["stat_read_after_kill_ms"] = round((time.monotonic_ns() - ktime_ns) / 1e6, 3)
             counter = by_path.get(path)
             if counter is not None:
-                _merge_counter(stat, counter, self._page_size)
+                _merge_counter(stat, counter)
             if path == oom_memcg or stat.get("limit_bytes"):
                 stats[path] = stat
-        mem = MemcgCapture(
+        return MemcgCapture(
             trigger_memcg=trigger_memcg,
             oom_memcg=oom_memcg,
             source=source,
             stats=stats,
             kernel_saw_no_limit=bool(by_path) and oom_memcg is None and kprobe is None,
         )
-        self.memcg_by_ktime[ktime_ns] = mem
-        while len(self.memcg_by_ktime) > self._max:
-            self.memcg_by_ktime.popitem(last=False)
-        return mem
 
-    def _holders(self, ktime_ns: int, trigger: Task, mem: MemcgCapture | None) -> None:
+    def _holders(
+        self, ktime_ns: int, trigger: Task, mem: MemcgCapture | None
+    ) -> tuple[Holder, ...]:
         """The top memory holders in the OOM's scope: the OOM memcg's subtree, or
         the whole node when no memcg limit was hit."""
         last = self._last_scan
@@ -249,8 +306,7 @@ class Capture:
             and last[0] == trigger.tid
             and ktime_ns - last[1] < HOLDER_SCAN_WINDOW_NS
         ):
-            self.holders_by_ktime[ktime_ns] = last[2]
-            return
+            return last[2]
         scope = mem.oom_memcg if mem is not None else None
         hierarchy = self.paths.memory
         where: dict[int, str] = {}
@@ -271,10 +327,9 @@ class Capture:
                     cgroup=where.get(h.pid) or (snap.memory_cgroup if snap else None),
                 )
             )
-        self._last_scan = (trigger.tid, ktime_ns, holders)
-        self.holders_by_ktime[ktime_ns] = holders
-        while len(self.holders_by_ktime) > self._max:
-            self.holders_by_ktime.popitem(last=False)
+        found = tuple(holders)
+        self._last_scan = (trigger.tid, ktime_ns, found)
+        return found
 
 
 # PAGE_COUNTER_MAX is LONG_MAX / PAGE_SIZE; anything this large is "no limit".
@@ -288,12 +343,12 @@ def _at_limit(c: MemcgCounter) -> bool:
     return c.usage_pages + max(c.max_pages // 50, 256) >= c.max_pages
 
 
-def _merge_counter(stat: dict[str, object], counter: MemcgCounter, page_size: int) -> None:
+def _merge_counter(stat: dict[str, object], counter: MemcgCounter) -> None:
     """The kernel's usage and limit at the kill replace the later file reads."""
-    usage = counter.usage_pages * page_size
+    usage = counter.usage_pages * procfs.PAGE_SIZE
     stat["usage_bytes"] = usage
     if counter.max_pages < _UNLIMITED_PAGES:
-        stat["limit_bytes"] = counter.max_pages * page_size
+        stat["limit_bytes"] = counter.max_pages * procfs.PAGE_SIZE
     inner = stat.get("stat")
     inactive = inner.get("inactive_file") if isinstance(inner, dict) else None
     if isinstance(inactive, int):

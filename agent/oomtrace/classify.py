@@ -13,13 +13,13 @@ Causes (docs/events.md lists them with their evidence):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from oomtrace.host.kubepath import parse_kube_cgroup
 from oomtrace.kernel.records import INFO_NOINFO
-
-Event = dict[str, Any]
+from oomtrace.schema import Cause, container_label, mib, pod_label
 
 USERSPACE_OOM_KILLERS: Final = frozenset(
     {"systemd-oomd", "earlyoom", "oomd", "nohang", "low-memory-mon", "lmkd"}
@@ -34,53 +34,95 @@ INTERACTIVE: Final = frozenset({"sshd", "login", "tmux: server", "tmux", "screen
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    """Names that mark a sender; extendable from the configuration."""
+    """Names that mark a sender. `configured` is the configuration's [causes]
+    table (sender comm -> cause), which is consulted before the built-in names."""
 
     userspace_oom_killers: frozenset[str] = USERSPACE_OOM_KILLERS
     runtimes: frozenset[str] = RUNTIMES
     interactive: frozenset[str] = INTERACTIVE
-    extra: dict[str, str] = field(default_factory=dict)
+    configured: Mapping[str, Cause] = field(default_factory=dict)
 
 
-def _chain(sender: Event) -> list[str]:
-    return [sender.get("comm") or ""] + [p.get("comm") or "" for p in sender.get("parents") or []]
+@dataclass(frozen=True, slots=True)
+class Party:
+    """A process in one role of a kill, as the classifier needs it."""
+
+    pid: int | None
+    comm: str | None
+    uid: int | None = None
+    cgroup: str | None = None
+    # The `k8s` object (docs/events.md), or None for a host process.
+    k8s: Mapping[str, Any] | None = None
+    tty: str | None = None
+    # The comms of its parents, nearest first.
+    parents: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the classifier decides from: the kill's roles and the kernel's evidence."""
+
+    kind: str  # "oom_kill" | "signal"
+    victim: Party
+    sender: Party | None = None
+    trigger: Party | None = None
+    signal: str | None = None  # SIGKILL, ...
+    signal_code: str | None = None  # SI_USER, SEGV_MAPERR, ...
+    from_kernel: bool = False
+    # How the kernel passed the siginfo (records.INFO_*); SEND_SIG_NOINFO is cgroup.kill's.
+    info_kind: int | None = None
+    victim_oom_score_adj: int | None = None
+    exit_code: int | None = None  # the victim's, when its exit was observed
+    group_kill: bool = False
+    # The kernel said no memcg limit was involved (a global OOM).
+    node_wide: bool = False
+    memcg: str | None = None  # the memcg whose limit was hit
+    limit_bytes: int | None = None
+    memcg_stat: Mapping[str, Any] | None = None  # memory.stat of that memcg
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    cause: Cause
+    explanation: str
+    scope: str | None = None  # an OOM's `oom.scope`
+
+
+def _chain(sender: Party) -> list[str]:
+    return [sender.comm or "", *sender.parents]
 
 
 def _runtime_name(comm: str, rules: Rules) -> bool:
     return comm in rules.runtimes or comm.startswith(("runc:", "containerd-shim"))
 
 
-def signal_cause(event: Event, rules: Rules, info_kind: int | None) -> str:
-    sender = event.get("sender") or {}
-    signal = event.get("signal") or {}
-    comm = sender.get("comm") or ""
-    if signal.get("name") == "SIGKILL" and info_kind == INFO_NOINFO:
+def signal_cause(facts: Facts, rules: Rules) -> Cause:
+    sender = facts.sender or Party(pid=None, comm=None)
+    comm = sender.comm or ""
+    if facts.signal == "SIGKILL" and facts.info_kind == INFO_NOINFO:
         # In-kernel send_sig(SIGKILL, task, 0): cgroup.kill is the one a user
         # reaches; kill(2) always passes a siginfo.
-        return "cgroup_kill"
-    if signal.get("from_kernel"):
-        return "kernel"
-    if comm in rules.extra:
-        return rules.extra[comm]
+        return Cause.CGROUP_KILL
+    if facts.from_kernel:
+        return Cause.KERNEL
+    if comm in rules.configured:
+        return rules.configured[comm]
     if comm in rules.userspace_oom_killers:
-        return "userspace_oom_killer"
+        return Cause.USERSPACE_OOM_KILLER
     if _runtime_name(comm, rules):
-        return "runtime_stop"
-    if sender.get("tty") or any(c in rules.interactive for c in _chain(sender)):
-        return "manual"
-    return "process"
+        return Cause.RUNTIME_STOP
+    if sender.tty or any(c in rules.interactive for c in _chain(sender)):
+        return Cause.MANUAL
+    return Cause.PROCESS
 
 
-def oom_scope(event: Event, *, node_wide: bool) -> str | None:
-    """container, pod, kubepods, node or cgroup: where the limit that was hit sits.
-    `node_wide`: the kernel said no memcg limit was involved."""
-    oom = event.get("oom") or {}
-    memcg = oom.get("memcg")
-    if memcg is None:
-        return "node" if node_wide else None
-    kube = parse_kube_cgroup(memcg)
+def oom_scope(facts: Facts) -> str | None:
+    """container, pod, kubepods, node or cgroup: where the limit that was hit sits."""
+    if facts.memcg is None:
+        return "node" if facts.node_wide else None
+    kube = parse_kube_cgroup(facts.memcg)
     if kube is None:
-        return "node" if memcg == "/" else "cgroup"
+        return "node" if facts.memcg == "/" else "cgroup"
     if kube.role == "container":
         return "container"
     if kube.role in ("pod", "conmon"):
@@ -92,109 +134,92 @@ def oom_scope(event: Event, *, node_wide: bool) -> str | None:
 # -- explanations --------------------------------------------------------------
 
 
-def _mib(value: object) -> str:
-    return f"{value / 1048576:.0f} MiB" if isinstance(value, int) else "?"
-
-
-def _place(proc: Event) -> str:
-    k8s = proc.get("k8s") or {}
-    pod = f"{k8s.get('namespace') or '?'}/{k8s.get('pod') or k8s.get('pod_uid') or '?'}"
-    if k8s.get("sandbox"):
-        return f"The sandbox (pause) process of pod {pod}"
-    if k8s and (k8s.get("container") or k8s.get("container_id")):
-        name = k8s.get("container") or k8s["container_id"][:12]
-        return f"Container {name} (pod {pod})"
+def _place(proc: Party) -> str:
+    k8s = proc.k8s
     if k8s:
-        return f"A process of pod {pod} outside its containers ({proc.get('comm')})"
-    return f"Process {proc.get('comm')} (pid {proc.get('pid')}, cgroup {proc.get('cgroup') or '?'})"
+        pod = pod_label(dict(k8s))
+        if k8s.get("sandbox"):
+            return f"The sandbox (pause) process of pod {pod}"
+        if k8s.get("container") or k8s.get("container_id"):
+            return f"Container {container_label(dict(k8s))} (pod {pod})"
+        return f"A process of pod {pod} outside its containers ({proc.comm})"
+    return f"Process {proc.comm} (pid {proc.pid}, cgroup {proc.cgroup or '?'})"
 
 
-def _same_container(a: Event, b: Event) -> bool:
-    ka, kb = a.get("k8s") or {}, b.get("k8s") or {}
-    if ka and kb:
-        return bool(ka.get("container_id")) and ka.get("container_id") == kb.get("container_id")
-    return bool(a.get("cgroup")) and a.get("cgroup") == b.get("cgroup")
+def _same_container(a: Party, b: Party) -> bool:
+    if a.k8s and b.k8s:
+        cid = a.k8s.get("container_id")
+        return bool(cid) and cid == b.k8s.get("container_id")
+    return bool(a.cgroup) and a.cgroup == b.cgroup
 
 
-def _trigger_words(victim: Event, trigger: Event | None) -> str:
-    if not trigger:
+def _trigger_words(victim: Party, trigger: Party | None) -> str:
+    if trigger is None:
         return "the allocating task is unknown"
-    if trigger.get("pid") == victim.get("pid"):
+    if trigger.pid == victim.pid:
         return "the allocation came from the victim itself"
     if _same_container(victim, trigger):
-        where = "container" if victim.get("k8s") else "cgroup"
-        return f"the allocation came from {trigger.get('comm')} in the same {where}"
-    k8s = trigger.get("k8s")
+        where = "container" if victim.k8s else "cgroup"
+        return f"the allocation came from {trigger.comm} in the same {where}"
+    k8s = trigger.k8s
     if k8s:
-        pod = f"{k8s.get('namespace') or '?'}/{k8s.get('pod') or k8s.get('pod_uid') or '?'}"
+        pod = pod_label(dict(k8s))
         if k8s.get("sandbox"):
             return f"the allocation came from the sandbox of pod {pod}"
-        name = k8s.get("container") or (k8s.get("container_id") or "")[:12]
+        name = container_label(dict(k8s))
         if name:
             return f"the allocation came from container {name} in pod {pod}"
-        return f"the allocation came from {trigger.get('comm')} in pod {pod}"
+        return f"the allocation came from {trigger.comm} in pod {pod}"
     return (
-        f"the allocation came from host process {trigger.get('comm')} "
-        f"(pid {trigger.get('pid')}) in {trigger.get('cgroup') or '?'}"
+        f"the allocation came from host process {trigger.comm} "
+        f"(pid {trigger.pid}) in {trigger.cgroup or '?'}"
     )
 
 
-def _oom_explanation(event: Event) -> str:
-    victim = event.get("victim") or {}
-    oom = event.get("oom") or {}
-    scope = oom.get("scope")
-    stat = oom.get("memcg_stat") or {}
-    parts = stat.get("stat") or {}
+def _oom_explanation(facts: Facts, scope: str | None) -> str:
+    parts = (facts.memcg_stat or {}).get("stat") or {}
     if scope == "node":
         why = "the node ran out of memory (global OOM)"
-    elif oom.get("memcg"):
-        limit = stat.get("limit_bytes") or oom.get("limit_bytes")
-        why = f"its {scope or 'cgroup'} memcg {oom['memcg']} reached its {_mib(limit)} limit"
+    elif facts.memcg:
+        limit = mib(facts.limit_bytes, 0)
+        why = f"its {scope or 'cgroup'} memcg {facts.memcg} reached its {limit} limit"
         if parts:
-            why += f" (anon {_mib(parts.get('anon'))}, file {_mib(parts.get('file'))})"
+            why += f" (anon {mib(parts.get('anon'), 0)}, file {mib(parts.get('file'), 0)})"
     else:
         why = "the limit that was hit is unknown"
-    head = f"{_place(victim)} was killed by the kernel OOM killer"
-    if event.get("group_kill"):
+    head = f"{_place(facts.victim)} was killed by the kernel OOM killer"
+    if facts.group_kill:
         head += " with the process it chose"
-    adj = victim.get("oom_score_adj")
+    adj = facts.victim_oom_score_adj
     chosen = f"; oom_score_adj {adj}" if isinstance(adj, int) and adj > 0 else ""
-    return f"{head}: {why}; {_trigger_words(victim, event.get('trigger'))}{chosen}."
+    return f"{head}: {why}; {_trigger_words(facts.victim, facts.trigger)}{chosen}."
 
 
 _CAUSE_WORDS: Final = {
-    "cgroup_kill": "by a write to cgroup.kill from {sender}",
-    "userspace_oom_killer": "by the userspace OOM killer {sender}",
-    "runtime_stop": "by the container runtime ({sender}): the kubelet stopping or evicting it",
-    "manual": "by {sender} from an interactive session{tty}",
-    "kernel": "by the kernel ({code}), e.g. a fault in the process itself",
-    "process": "by {sender}",
+    Cause.CGROUP_KILL: "by a write to cgroup.kill from {sender}",
+    Cause.USERSPACE_OOM_KILLER: "by the userspace OOM killer {sender}",
+    Cause.RUNTIME_STOP: "by the container runtime ({sender}): the kubelet stopping or evicting it",
+    Cause.MANUAL: "by {sender} from an interactive session{tty}",
+    Cause.KERNEL: "by the kernel ({code}), e.g. a fault in the process itself",
+    Cause.PROCESS: "by {sender}",
 }
 
 
-def _signal_explanation(event: Event, cause: str) -> str:
-    victim = event.get("victim") or {}
-    sender = event.get("sender") or {}
-    signal = event.get("signal") or {}
-    who = f"{sender.get('comm')} (pid {sender.get('pid')}, uid {sender.get('uid')})"
-    tty = f" on {sender['tty']}" if sender.get("tty") else ""
-    how = _CAUSE_WORDS.get(cause, "by {sender}").format(
-        sender=who, tty=tty, code=signal.get("code")
-    )
-    exit_info = victim.get("exit") or {}
-    code = f" (exit code {exit_info['code']})" if exit_info.get("observed") else ""
-    return f"{_place(victim)} was sent {signal.get('name')}{code} {how}."
+def _signal_explanation(facts: Facts, cause: Cause) -> str:
+    sender = facts.sender or Party(pid=None, comm=None)
+    who = f"{sender.comm} (pid {sender.pid}, uid {sender.uid})"
+    tty = f" on {sender.tty}" if sender.tty else ""
+    how = _CAUSE_WORDS.get(cause, "by {sender}").format(sender=who, tty=tty, code=facts.signal_code)
+    code = f" (exit code {facts.exit_code})" if facts.exit_code is not None else ""
+    return f"{_place(facts.victim)} was sent {facts.signal}{code} {how}."
 
 
-def classify(
-    event: Event, rules: Rules, *, info_kind: int | None = None, node_wide: bool = False
-) -> None:
-    """Adds `cause`, `oom.scope` and `explanation` to an oom_kill or signal event."""
-    if event["type"] == "oom_kill":
-        event["cause"] = "oom_kill"
-        event["oom"]["scope"] = oom_scope(event, node_wide=node_wide)
-        event["explanation"] = _oom_explanation(event)
-    elif event["type"] == "signal":
-        cause = signal_cause(event, rules, info_kind)
-        event["cause"] = cause
-        event["explanation"] = _signal_explanation(event, cause)
+def classify(facts: Facts, rules: Rules) -> Verdict:
+    """The cause of a kill, an OOM's scope, and the explanation in plain words.
+    A new cause is a member of schema.Cause, decided in signal_cause() and worded
+    in _CAUSE_WORDS, with its case in tests/unit/test_classify.py."""
+    if facts.kind == "oom_kill":
+        scope = oom_scope(facts)
+        return Verdict(Cause.OOM_KILL, _oom_explanation(facts, scope), scope)
+    cause = signal_cause(facts, rules)
+    return Verdict(cause, _signal_explanation(facts, cause))

@@ -19,10 +19,12 @@ the trigger itself is one of them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, assert_never
 
+from oomtrace.capture import NO_EVIDENCE, Evidence
 from oomtrace.exits import ProcExit
 from oomtrace.kernel.records import (
+    CgroupRecord,
     DeliverRecord,
     ExitRecord,
     MarkVictimRecord,
@@ -49,6 +51,9 @@ class OomContext:
     first_ktime_ns: int
     last_ktime_ns: int
     kprobe: OomKillRecord | None = None
+    # What capture read for the record that opened the context (the kprobe's,
+    # or the first mark's): the trigger, the memcg, the top holders.
+    evidence: Evidence = NO_EVIDENCE
     victims: int = 0
     closed: bool = False
 
@@ -75,6 +80,11 @@ class Kill:
     # The proc connector's word that the victim exited, when the kernel's exit
     # record is late or lost.
     proc_exit: ProcExit | None = None
+    # What capture read when each record arrived; the builder reads nothing else.
+    signal_evidence: Evidence = NO_EVIDENCE
+    mark_evidence: Evidence = NO_EVIDENCE
+    deliver_evidence: Evidence = NO_EVIDENCE
+    exit_evidence: Evidence = NO_EVIDENCE
 
     @property
     def victim(self) -> Task | None:
@@ -128,20 +138,23 @@ class Correlator:
     # Victims (tgids) a proc connector exit would complete; read by its thread.
     watched_tgids: set[int] = field(default_factory=set)
 
-    def feed(self, record: Record) -> list[Kill]:
-        """Takes one record; returns the kills it completed. Cgroup records are not kills."""
+    def feed(self, record: Record, evidence: Evidence = NO_EVIDENCE) -> list[Kill]:
+        """Takes one record and what capture read for it; returns the kills it
+        completed. A new record kind gets its branch here: mypy flags a missing one."""
         if isinstance(record, SignalRecord):
-            return self._on_signal(record)
+            return self._on_signal(record, evidence)
         if isinstance(record, MarkVictimRecord):
-            return self._on_mark(record)
+            return self._on_mark(record, evidence)
         if isinstance(record, OomKillRecord):
-            self._open_context(record.trigger, record.ktime_ns, kprobe=record)
+            self._open_context(record.trigger, record.ktime_ns, kprobe=record, evidence=evidence)
             return []
         if isinstance(record, DeliverRecord):
-            return self._on_deliver(record)
+            return self._on_deliver(record, evidence)
         if isinstance(record, ExitRecord):
-            return self._on_exit(record)
-        return []
+            return self._on_exit(record, evidence)
+        if isinstance(record, CgroupRecord):
+            return []  # capture learnt its path; it names no kill
+        assert_never(record)
 
     def tick(self, now_ns: int) -> list[Kill]:
         """Resolves held kernel SIGKILLs and releases kills past their deadline."""
@@ -194,7 +207,7 @@ class Correlator:
 
     # -- records ---------------------------------------------------------------
 
-    def _on_signal(self, rec: SignalRecord) -> list[Kill]:
+    def _on_signal(self, rec: SignalRecord, evidence: Evidence) -> list[Kill]:
         ctx = self._live_context(rec.sender.tid, rec.ktime_ns)
         is_kernel_kill = rec.sig == SIGKILL and rec.code == SI_KERNEL
         if is_kernel_kill and ctx is not None and self._context_has_victim(ctx, rec.target_tid):
@@ -211,6 +224,7 @@ class Correlator:
             deadline_ns=rec.ktime_ns + self.exit_wait_ns,
             signal=rec,
             expects_exit=rec.result == 0,
+            signal_evidence=evidence,
         )
         if not kill.expects_exit:
             kill.deadline_ns = rec.ktime_ns + self.window_ns
@@ -223,7 +237,7 @@ class Correlator:
             self._held[rec.target_tid] = kill
         return evicted
 
-    def _on_mark(self, rec: MarkVictimRecord) -> list[Kill]:
+    def _on_mark(self, rec: MarkVictimRecord, evidence: Evidence) -> list[Kill]:
         ctx = self._live_context(rec.trigger.tid, rec.ktime_ns)
         if ctx is None or (
             ctx.kprobe is None
@@ -235,7 +249,7 @@ class Correlator:
             # however slow the machine, its later marks are group members.
             and not self._context_has_victim(ctx, rec.trigger.tgid)
         ):
-            ctx = self._open_context(rec.trigger, rec.ktime_ns, kprobe=None)
+            ctx = self._open_context(rec.trigger, rec.ktime_ns, kprobe=None, evidence=evidence)
         group_member = ctx.victims > 0
         ctx.last_ktime_ns = rec.ktime_ns
         ctx.victims += 1
@@ -256,18 +270,20 @@ class Correlator:
             evicted = self._add(kill)
         kill.kind = "oom_kill"
         kill.mark = rec
+        kill.mark_evidence = evidence
         kill.context = ctx
         kill.group_kill = group_member
         if rec.victim_comm:
             kill.victim_comm = rec.victim_comm
         return evicted
 
-    def _on_deliver(self, rec: DeliverRecord) -> list[Kill]:
+    def _on_deliver(self, rec: DeliverRecord, evidence: Evidence) -> list[Kill]:
         kill = self._by_signal.get((rec.kill_ktime_ns, rec.kill_sender_tgid))
         if kill is None:
             self.stats.unmatched_deliver += 1
             return []
         kill.deliver = rec
+        kill.deliver_evidence = evidence
         self.watched_tgids.add(rec.victim.tgid)
         # A fatal signal turns into SIGKILL for every thread of the group, and a
         # fault (SIGSEGV) left at its default action ends the process too; a
@@ -279,12 +295,13 @@ class Correlator:
                 return [kill]
         return []
 
-    def _on_exit(self, rec: ExitRecord) -> list[Kill]:
+    def _on_exit(self, rec: ExitRecord, evidence: Evidence) -> list[Kill]:
         kill = self._by_signal.pop((rec.kill_ktime_ns, rec.kill_sender_tgid), None)
         if kill is None:
             self.stats.unmatched_exit += 1
             return []
         kill.exit = rec
+        kill.exit_evidence = evidence
         if kill.context is not None:
             kill.context.closed = True
         if self._is_held(kill):
@@ -295,7 +312,7 @@ class Correlator:
     # -- contexts --------------------------------------------------------------
 
     def _open_context(
-        self, trigger: Task, ktime_ns: int, *, kprobe: OomKillRecord | None
+        self, trigger: Task, ktime_ns: int, *, kprobe: OomKillRecord | None, evidence: Evidence
     ) -> OomContext:
         ctx = OomContext(
             id=f"{trigger.tgid}-{ktime_ns}",
@@ -303,6 +320,7 @@ class Correlator:
             first_ktime_ns=ktime_ns,
             last_ktime_ns=ktime_ns,
             kprobe=kprobe,
+            evidence=evidence,
         )
         self._contexts[trigger.tid] = ctx
         return ctx

@@ -1,4 +1,12 @@
-"""The agent's event loop: kernel -> decode -> capture -> correlate -> enrich -> sinks.
+"""The agent's event loop, one step after the other:
+
+    kernel -> decode -> capture -> correlate -> build -> filter -> enrich -> classify -> sinks
+
+Each record is decoded (kernel/records.py), its evidence read from the host while
+it is fresh (capture.py), and joined with the others of its kill (correlate.py).
+A completed kill becomes an event (build.py), is kept or dropped by --pid and
+--cgroup, gets its pods and containers (kubernetes.py) and its cause
+(classify.py), and goes to every sink (sinks/).
 
 Two threads. The reader only polls the ring buffer and enqueues raw records, so
 nothing slow ever stands between the kernel and its buffer. The pipeline thread
@@ -18,16 +26,19 @@ from types import FrameType
 from typing import Final
 
 from oomtrace import log
+from oomtrace.build import Clock, EventBuilder, kill_facts, with_verdict
 from oomtrace.capture import Capture
+from oomtrace.classify import Rules, classify
 from oomtrace.config import Settings
 from oomtrace.correlate import Correlator, Kill
 from oomtrace.cri.resolver import CriResolver
-from oomtrace.events import Clock, Event, EventBuilder
 from oomtrace.exits import ExitWatcher, ProcExit
 from oomtrace.host.cgroupfs import CgroupPaths
 from oomtrace.kernel.features import KernelVocabulary
 from oomtrace.kernel.probes import Probes
 from oomtrace.kernel.records import KIND_NAMES, DecodeError, RecordDecoder
+from oomtrace.kubernetes import KubernetesEnricher
+from oomtrace.schema import Event
 from oomtrace.sinks import Accounted, Sink
 
 # While kills wait for their exit or window, deadlines are checked this often;
@@ -103,9 +114,9 @@ class Agent:
         self.capture = Capture(self.paths, on_new_container=k8s.nudge if k8s else None)
         self.correlator = Correlator(exit_wait_ns=int(settings.exit_wait * 1e9))
         self.clock = Clock()
-        self.builder = EventBuilder(
-            self.capture, self.clock, probes.plan.tier, k8s=k8s, vocabulary=vocabulary
-        )
+        self.builder = EventBuilder(self.clock, probes.plan.tier, vocabulary=vocabulary)
+        self.kubernetes = KubernetesEnricher(k8s)
+        self.rules = Rules()
         self.filter = EventFilter(settings.pids, settings.cgroups)
         self.decoder = RecordDecoder()
         self.counters = Counters()
@@ -229,8 +240,7 @@ class Agent:
             self.log.warning("bad_record", error=str(exc))
             return
         try:
-            self.capture.on_record(record)
-            self._emit_kills(self.correlator.feed(record))
+            self._emit_kills(self.correlator.feed(record, self.capture.on_record(record)))
         except Exception as exc:
             # One bad record must not stop the agent; say so once per kind of failure.
             self.counters.pipeline_errors += 1
@@ -241,12 +251,20 @@ class Agent:
 
     def _emit_kills(self, kills: list[Kill]) -> None:
         for kill in kills:
-            self._emit(self.builder.kill(kill))
+            event = self.event_of(kill)
+            if event is not None:
+                self._emit(event)
+
+    def event_of(self, kill: Kill) -> Event | None:
+        """build -> filter -> enrich -> classify; None when --pid/--cgroup leave it out."""
+        event = self.builder.kill(kill)
+        if self.filter and not self.filter.matches(event):
+            self.counters.filtered += 1
+            return None
+        self.kubernetes.enrich(event)
+        return with_verdict(event, classify(kill_facts(event, kill), self.rules))
 
     def _emit(self, event: Event) -> None:
-        if self.filter and event["type"] != "lost" and not self.filter.matches(event):
-            self.counters.filtered += 1
-            return
         self.counters.events += 1
         for sink in self.sinks:
             sink.emit(event)

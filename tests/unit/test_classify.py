@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
-from oomtrace.classify import Rules, classify, oom_scope, signal_cause
+from oomtrace import classify as classifier
+from oomtrace.build import facts, with_verdict
+from oomtrace.classify import Rules, oom_scope, signal_cause
 from oomtrace.kernel.records import INFO_NOINFO, INFO_PRIV, INFO_SIGINFO
+from oomtrace.schema import Cause
 
 Event = dict[str, Any]
 MiB = 1 << 20
@@ -25,6 +28,15 @@ OTHER_CGROUP = f"{POD_CGROUP}/{CID_OTHER}"
 SYSTEMD_POD = f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice"
 SESSION = "/user.slice/user-1000.slice/session-3.scope"
 SYSTEMD = {"pid": 1, "comm": "systemd"}
+
+
+def classify(
+    event: Event, rules: Rules, *, info_kind: int | None = None, node_wide: bool = False
+) -> None:
+    """The pipeline's classify step: facts from the event, the verdict written back."""
+    with_verdict(
+        event, classifier.classify(facts(event, info_kind=info_kind, node_wide=node_wide), rules)
+    )
 
 
 # -- event builders ------------------------------------------------------------------
@@ -355,7 +367,7 @@ SIGNAL_CASES = [
     pytest.param(
         signal_event(sender("my-killer", cgroup="/system.slice/my-killer.service")),
         INFO_SIGINFO,
-        Rules(extra={"my-killer": "userspace_oom_killer"}),
+        Rules(configured={"my-killer": Cause.USERSPACE_OOM_KILLER}),
         "userspace_oom_killer",
         id="configured-extra-name",
     ),
@@ -412,7 +424,7 @@ SIGNAL_CASES = [
 
 @pytest.mark.parametrize(("event", "info_kind", "rules", "cause"), SIGNAL_CASES)
 def test_signal_cause(event: Event, info_kind: int, rules: Rules, cause: str) -> None:
-    assert signal_cause(event, rules, info_kind) == cause
+    assert signal_cause(facts(event, info_kind=info_kind, node_wide=False), rules) == cause
     classify(event, rules, info_kind=info_kind)
     assert event["cause"] == cause
     assert "oom" not in event
@@ -445,7 +457,7 @@ SCOPE_CASES = [
 @pytest.mark.parametrize(("memcg", "node_wide", "scope"), SCOPE_CASES)
 def test_oom_scope(memcg: str | None, node_wide: bool, scope: str | None) -> None:
     event = oom_event(memcg=memcg, victim_k8s=WEB, trigger=VICTIM_ITSELF)
-    assert oom_scope(event, node_wide=node_wide) == scope
+    assert oom_scope(facts(event, info_kind=INFO_PRIV, node_wide=node_wide)) == scope
     classify(event, Rules(), info_kind=INFO_PRIV, node_wide=node_wide)
     assert event["cause"] == "oom_kill"
     assert event["oom"]["scope"] == scope

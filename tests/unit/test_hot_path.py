@@ -1,11 +1,12 @@
 """The per-event hot path, in isolation (pytest-benchmark): one SIGKILL is two ring
 buffer records (signal, exit) that become one JSON line.
 
-Stages: decode the bytes, correlate the records into a kill, build the event from the
-capture cache, serialize it; then the whole pipeline as the agent runs it
-(``Agent._process``, sink included), with the victim gone (the usual case in a storm:
-/proc lookups fail fast) and alive (its /proc is read). The sender is this process,
-so its snapshot is cached after the first kill, as for any busy killer.
+Stages: decode the bytes, correlate the records into a kill, build, enrich and
+classify the event from the evidence the kill carries, serialize it; then the whole
+pipeline as the agent runs it (``Agent._process``, sink included), with the victim gone
+(the usual case in a storm: /proc lookups fail fast) and alive (its /proc is read). The
+sender is this process, so its snapshot is cached after the first kill, as for any busy
+killer.
 
 The target is under 50 us per event on the project's 2-core machine. Timings are
 reported, not asserted tightly (a shared CI machine is noisy); a gross regression
@@ -164,10 +165,9 @@ def _prepared_kill(agent: Agent, victim: int, start_ns: int) -> Callable[[], Any
     kills: list[Any] = []
     for raw in kill_records(victim, start_ns):
         record = agent.decoder.decode(raw)
-        agent.capture.on_record(record)
-        kills += agent.correlator.feed(record)
+        kills += agent.correlator.feed(record, agent.capture.on_record(record))
     assert len(kills) == 1
-    return lambda: agent.builder.kill(kills[0])
+    return lambda: agent.event_of(kills[0])
 
 
 def test_build_event(benchmark: Any) -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from oomtrace import sigdefs
-from oomtrace.events import SCHEMA, Clock
+from oomtrace.build import Clock
+from oomtrace.schema import SCHEMA
 from oomtrace.text import render
 
 Event = dict[str, Any]

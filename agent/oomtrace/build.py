@@ -1,0 +1,391 @@
+"""Build: one :class:`~oomtrace.correlate.Kill` becomes one ``oomtrace.event/v1``
+object (docs/events.md), as a pure function of the kill.
+
+Kernel records are the truth; the evidence capture attached to each record fills
+what the records lack (cmdline, tty, parents, memcg files, top holders). Nothing
+here reads the host or looks anything up: an event can be built in a unit test
+from recorded records and evidence. Kubernetes names and the cause come in the
+later steps (kubernetes.py, classify.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from datetime import UTC, datetime
+from typing import Final
+
+from oomtrace import oom
+from oomtrace.capture import Evidence, Seen
+from oomtrace.classify import Facts, Party, Verdict
+from oomtrace.correlate import Kill
+from oomtrace.host.procfs import PAGE_SIZE, Parent, ProcSnapshot
+from oomtrace.kernel import features
+from oomtrace.kernel.features import KernelVocabulary
+from oomtrace.kernel.records import OomKillRecord, Task
+from oomtrace.schema import SCHEMA, Event
+from oomtrace.sigdefs import GENERATE_RESULTS, code_name, kernel_generated, signal_name
+
+TOP_HOLDERS: Final = 5
+
+
+class Clock:
+    """Maps the BPF clock (CLOCK_MONOTONIC) to wall time."""
+
+    def __init__(self) -> None:
+        self.offset_ns = 0
+        self.resync()
+
+    def resync(self) -> None:
+        # Read twice around the wall clock so the offset error is bounded by
+        # the time between the two monotonic reads.
+        before = time.monotonic_ns()
+        wall = time.time_ns()
+        after = time.monotonic_ns()
+        self.offset_ns = wall - (before + after) // 2
+
+    def rfc3339(self, ktime_ns: int) -> str:
+        wall = ktime_ns + self.offset_ns
+        seconds, nanos = divmod(wall, 1_000_000_000)
+        stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{stamp}.{nanos:09d}Z"
+
+
+class EventBuilder:
+    def __init__(
+        self,
+        clock: Clock,
+        tier: str,
+        *,
+        vocabulary: KernelVocabulary | None = None,
+        hostname: str | None = None,
+        top_n: int = TOP_HOLDERS,
+    ) -> None:
+        self.clock = clock
+        self.tier = tier
+        self.vocabulary = vocabulary or features.vocabulary(None)
+        self.hostname = hostname or socket.gethostname()
+        self.top_n = top_n
+
+    def common(self, kind: str, ktime_ns: int) -> Event:
+        return {
+            "schema": SCHEMA,
+            "type": kind,
+            "time": self.clock.rfc3339(ktime_ns),
+            "ktime_ns": ktime_ns,
+            "node": {"hostname": self.hostname},
+        }
+
+    def lost(self, ktime_ns: int, source: str, count: int, detail: dict[str, int]) -> Event:
+        event = self.common("lost", ktime_ns)
+        event["lost"] = {"source": source, "count": count, "by_kind": detail}
+        return event
+
+    def kill(self, kill: Kill) -> Event:
+        """The event of one kill, without its Kubernetes names and cause; its
+        `enrichment.errors` say which fields could not be filled and why."""
+        event = self.common(kill.kind, kill.ktime_ns)
+        errors: list[str] = []
+        event["victim"] = self._victim(kill, errors)
+        if kill.signal is not None:
+            sig = kill.signal
+            event["signal"] = {
+                "number": sig.sig,
+                "name": signal_name(sig.sig),
+                "code": code_name(sig.code, sig.sig),
+                "from_kernel": kernel_generated(sig.code),
+                "errno": sig.errno,
+                "group": sig.group,
+                "result": GENERATE_RESULTS.get(sig.result, str(sig.result)),
+            }
+        elif kill.kind == "oom_kill":
+            # mark_victim with no SIGKILL: the kernel found the victim exiting.
+            event["signal"] = None
+        if kill.kind == "oom_kill":
+            event["group_kill"] = kill.group_kill
+            event["trigger"] = self._trigger(kill)
+            event["oom"] = self._oom(kill, event["victim"])
+        else:
+            assert kill.signal is not None
+            seen = kill.signal_evidence.sender
+            event["sender"] = _process(kill.signal.sender, seen, parents=True)
+            snap = seen.snapshot if seen else None
+            event["sender"]["tty"] = kill.signal.sender_tty or (snap.tty if snap else None)
+        event["enrichment"] = {"errors": errors}
+        return event
+
+    # -- roles -----------------------------------------------------------------
+
+    def _trigger(self, kill: Kill) -> Event | None:
+        ctx = kill.context
+        if ctx is None:
+            return None
+        seen = _oom_evidence(kill).trigger
+        return _process(ctx.trigger, seen, parents=True)
+
+    def _victim(self, kill: Kill, errors: list[str]) -> Event:
+        task = kill.victim
+        # The victim as the signal or the mark named it, read while it lived.
+        snap = next(
+            (
+                seen.snapshot
+                for seen in (kill.signal_evidence.target, kill.mark_evidence.target)
+                if seen is not None and seen.snapshot is not None
+            ),
+            None,
+        )
+        mark = kill.mark
+        if task is not None:
+            pid: int | None = task.tgid
+        elif snap is not None:
+            pid = snap.tgid
+        else:
+            pid = kill.victim_tgid
+        out: Event = {
+            "pid": pid,
+            "tid": kill.victim_tid,
+            "comm": kill.victim_comm or (task.comm if task else None),
+            "uid": mark.victim_uid
+            if mark and mark.victim_uid is not None
+            else (task.uid if task else (snap.uid if snap else None)),
+            "oom_score_adj": _victim_adj(kill, task, snap),
+            "cgroup": _victim_cgroup(kill, task, snap),
+            # A dying process's cmdline reads empty: its mm is already gone.
+            "cmdline": (snap.cmdline or None) if snap else None,
+            "ppid": (task.ppid if task and task.ppid else None) or (snap.ppid if snap else None),
+        }
+        if kill.kind == "oom_kill":
+            out["memory"] = _victim_memory(kill, snap)
+        out["exit"] = _exit(kill)
+        if out["cgroup"] is None:
+            errors.append("victim: cgroup unknown (exited before its signal was delivered)")
+        return out
+
+    # -- the OOM ---------------------------------------------------------------
+
+    def _oom(self, kill: Kill, victim: Event) -> Event:
+        ctx = kill.context
+        evidence = _oom_evidence(kill)
+        mem = evidence.memcg
+        memcg, source = oom.oom_memcg(mem, victim["cgroup"])
+        stat = mem.stats.get(memcg) if mem and memcg else None
+        out: Event = {
+            "context_id": ctx.id if ctx else None,
+            "tier": self.tier,
+            "memcg": memcg,
+            "memcg_source": source,
+            "memcg_stat": stat,
+        }
+        if ctx is not None and ctx.kprobe is not None:
+            out |= self._kprobe_facts(ctx.kprobe)
+        out["top_holders"] = oom.top_holders(evidence.holders, victim, self.top_n)
+        out["victim_badness"] = oom.badness(
+            victim.get("memory"),
+            victim.get("oom_score_adj"),
+            limit_pages=out.get("limit_pages"),
+            limit_bytes=_int_or_none((stat or {}).get("limit_bytes")),
+            node_pages=evidence.node_pages,
+            chosen_points=out.get("chosen_points") if not kill.group_kill else None,
+        )
+        return out
+
+    def _kprobe_facts(self, rec: OomKillRecord) -> Event:
+        """What oom_kill_process() knew: the OOM's scope, limit and victim choice."""
+        constraint = self.vocabulary.constraints.get(rec.constraint, str(rec.constraint))
+        return {
+            "constraint": constraint,
+            # totalpages is the limit the OOM applied (the memcg's max, or RAM +
+            # swap): not how much anything used.
+            "limit_pages": rec.totalpages,
+            "limit_bytes": rec.totalpages * PAGE_SIZE,
+            "memcg_usage_bytes": rec.oom_memcg_usage_pages * PAGE_SIZE
+            if rec.oom_memcg_id
+            else None,
+            "chosen_points": rec.chosen_points,
+            "chosen": {"pid": rec.victim_tgid, "tid": rec.victim_tid, "comm": rec.victim_comm},
+            "gfp_mask": f"{rec.gfp_mask:#x}",
+            "gfp_flags": self.vocabulary.gfp_flags(rec.gfp_mask),
+            "order": rec.order,
+            "sysrq": rec.order == -1,
+        }
+
+
+def node_wide(kill: Kill) -> bool:
+    """The kernel said no memcg limit was hit: a global (node) OOM."""
+    ctx = kill.context
+    if ctx is not None and ctx.kprobe is not None:
+        return ctx.kprobe.oom_memcg_id == 0
+    mem = _oom_evidence(kill).memcg
+    return mem is not None and mem.kernel_saw_no_limit
+
+
+def _oom_evidence(kill: Kill) -> Evidence:
+    """The OOM run's evidence: the kprobe's, which saw the OOM first and named its
+    memcg, else the victim's own mark's. A group member killed without a mark of
+    its own keeps the context's trigger but no memcg reading of its own."""
+    ctx = kill.context
+    if ctx is not None and ctx.kprobe is not None:
+        return ctx.evidence
+    if kill.mark is not None:
+        return kill.mark_evidence
+    if ctx is not None:
+        return Evidence(trigger=ctx.evidence.trigger)
+    return kill.mark_evidence
+
+
+def _process(task: Task, seen: Seen | None, *, parents: bool) -> Event:
+    """A task seen in its own context by the kernel (sender, trigger)."""
+    snap = seen.snapshot if seen else None
+    out: Event = {
+        "pid": task.tgid,
+        "tid": task.tid,
+        "comm": task.comm,
+        "uid": task.uid,
+        "ppid": task.ppid or (snap.ppid if snap else None),
+        "oom_score_adj": task.oom_score_adj
+        if task.has_struct_fields
+        else (snap.oom_score_adj if snap else None),
+        "cgroup": seen.cgroup() if seen else None,
+        "cmdline": snap.cmdline if snap else None,
+    }
+    if parents:
+        chain: tuple[Parent, ...] = seen.parents if seen else ()
+        if not chain and task.ppid:
+            chain = (Parent(task.ppid, task.parent_comm),)
+        out["parents"] = [{"pid": p.pid, "comm": p.comm} for p in chain]
+    return out
+
+
+def _victim_cgroup(kill: Kill, task: Task | None, snap: ProcSnapshot | None) -> str | None:
+    """The victim's cgroup as the record that gave `kill.victim` named it (its own
+    context once it received the signal), else what /proc said while it lived."""
+    if task is None:
+        return snap.memory_cgroup if snap else None
+    if kill.exit is not None:
+        seen = kill.exit_evidence.victim
+    elif kill.deliver is not None:
+        seen = kill.deliver_evidence.victim
+    else:
+        seen = kill.signal_evidence.target
+    if seen is None:
+        return snap.memory_cgroup if snap else None
+    return seen.cgroup(snap)
+
+
+def _victim_adj(kill: Kill, task: Task | None, snap: ProcSnapshot | None) -> int | None:
+    if kill.mark is not None and kill.mark.victim_oom_score_adj is not None:
+        return kill.mark.victim_oom_score_adj
+    if task is not None and task.has_struct_fields:
+        return task.oom_score_adj
+    return snap.oom_score_adj if snap else None
+
+
+def _victim_memory(kill: Kill, snap: ProcSnapshot | None) -> Event | None:
+    mark = kill.mark
+    if mark is not None and mark.victim_memory is not None:
+        m = mark.victim_memory
+        return {
+            "total_vm_kb": m.total_vm_kb,
+            "anon_rss_kb": m.anon_rss_kb,
+            "file_rss_kb": m.file_rss_kb,
+            "shmem_rss_kb": m.shmem_rss_kb,
+            "pgtables_kb": m.pgtables_kb,
+            "source": "mark_victim",
+        }
+    if snap is not None and snap.memory_kb:
+        kb = snap.memory_kb
+        return {
+            "total_vm_kb": kb.get("VmSize"),
+            "anon_rss_kb": kb.get("RssAnon"),
+            "file_rss_kb": kb.get("RssFile"),
+            "shmem_rss_kb": kb.get("RssShmem"),
+            "pgtables_kb": kb.get("VmPTE"),
+            "source": "proc",
+        }
+    return None
+
+
+def _exit(kill: Kill) -> Event | None:
+    if kill.exit is not None:
+        status, at, source = kill.exit.exit_code, kill.exit.ktime_ns, "sched_process_exit"
+    elif kill.proc_exit is not None:
+        status, at, source = kill.proc_exit.exit_code, kill.proc_exit.ktime_ns, "proc_connector"
+    else:
+        status = None
+    if status is not None:
+        term_signal = status & 0x7F
+        return {
+            "observed": True,
+            "status": status,
+            "signal": term_signal or None,
+            "code": 128 + term_signal if term_signal else (status >> 8) & 0xFF,
+            "kill_to_exit_ms": round((at - kill.ktime_ns) / 1e6, 3),
+            "source": source,
+        }
+    if kill.exit_timed_out:
+        return {"observed": False, "waited_ms": round((kill.deadline_ns - kill.ktime_ns) / 1e6)}
+    return None
+
+
+# -- the classifier's facts, and its verdict written into the event ---------------
+
+
+def facts(event: Event, *, info_kind: int | None, node_wide: bool) -> Facts:
+    """What the classifier decides from, taken from a built and enriched event (so
+    that the explanation names pods) and the kernel's word on the kill."""
+    victim = event["victim"]
+    signal = event.get("signal") or {}
+    oom_part = event.get("oom") or {}
+    stat = oom_part.get("memcg_stat") or {}
+    exit_info = victim.get("exit") or {}
+    return Facts(
+        kind=event["type"],
+        victim=_party(victim),
+        sender=_party(event["sender"]) if event.get("sender") else None,
+        trigger=_party(event["trigger"]) if event.get("trigger") else None,
+        signal=signal.get("name"),
+        signal_code=signal.get("code"),
+        from_kernel=bool(signal.get("from_kernel")),
+        info_kind=info_kind,
+        victim_oom_score_adj=victim.get("oom_score_adj"),
+        exit_code=exit_info.get("code") if exit_info.get("observed") else None,
+        group_kill=bool(event.get("group_kill")),
+        node_wide=node_wide,
+        memcg=oom_part.get("memcg"),
+        limit_bytes=stat.get("limit_bytes") or oom_part.get("limit_bytes"),
+        memcg_stat=stat or None,
+    )
+
+
+def kill_facts(event: Event, kill: Kill) -> Facts:
+    return facts(
+        event,
+        info_kind=kill.signal.info_kind if kill.signal else None,
+        node_wide=node_wide(kill),
+    )
+
+
+def _party(proc: Event) -> Party:
+    return Party(
+        pid=proc.get("pid"),
+        comm=proc.get("comm"),
+        uid=proc.get("uid"),
+        cgroup=proc.get("cgroup"),
+        k8s=proc.get("k8s"),
+        tty=proc.get("tty"),
+        parents=tuple(p.get("comm") or "" for p in proc.get("parents") or ()),
+    )
+
+
+def with_verdict(event: Event, verdict: Verdict) -> Event:
+    """Writes the cause, an OOM's scope and the explanation; `enrichment` stays last."""
+    event["cause"] = str(verdict.cause)
+    if event["type"] == "oom_kill":
+        event["oom"]["scope"] = verdict.scope
+    event["explanation"] = verdict.explanation
+    event["enrichment"] = event.pop("enrichment")
+    return event
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) else None

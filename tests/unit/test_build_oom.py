@@ -1,0 +1,170 @@
+"""oom_kill events built without root, from records a real kernel wrote (tests/data)
+and the evidence capture would have attached to them.
+
+The records go through the agent's own steps (correlate, build, enrich, classify);
+only the host reads are replaced by the evidence given here. Every test asserts
+fields that come from that evidence alone, so it fails if the evidence is dropped
+anywhere between capture and the event.
+"""
+
+from __future__ import annotations
+
+import io
+import types
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from oomtrace.capture import NO_EVIDENCE, Evidence, Holder, MemcgCapture, Seen
+from oomtrace.config import Settings
+from oomtrace.host.procfs import Parent, ProcSnapshot
+from oomtrace.kernel.records import ExitRecord, MarkVictimRecord, Record, Task
+from oomtrace.pipeline import Agent
+from oomtrace.schema import Event
+from oomtrace.sinks.stream import StreamSink
+from tests.support.recorded import scenarios
+
+MiB = 1 << 20
+PAGE = 4096
+FAR_FUTURE_NS = 1 << 62
+
+HOST = scenarios("6.18")
+Evidencer = Callable[[Record], Evidence]
+
+
+def snapshot(task: Task, cmdline: list[str], *, parents: tuple[Parent, ...] = ()) -> ProcSnapshot:
+    """A /proc snapshot of a recorded task, as procfs.snapshot() returns it."""
+    return ProcSnapshot(
+        tgid=task.tgid,
+        start_ticks=task.start_ns // 10_000_000,
+        comm=task.comm,
+        cmdline=cmdline,
+        uid=task.uid,
+        ppid=task.ppid,
+        parents=parents,
+        tty=None,
+        oom_score_adj=task.oom_score_adj,
+        memory_cgroup=None,
+        unified_cgroup=None,
+        memory_kb={},
+    )
+
+
+def memcg_stat(path: str, limit: int, usage: int, anon: int, file: int) -> dict[str, object]:
+    """read_memcg()'s dict with the kernel's counters merged, as capture makes it."""
+    return {
+        "path": path,
+        "limit_bytes": limit,
+        "usage_bytes": usage,
+        "working_set_bytes": usage,
+        "usage_source": "kernel_at_kill",
+        "stat": {"anon": anon, "file": file, "inactive_file": 0},
+        "events": {"oom": 1, "oom_kill": 1},
+        "stat_read_after_kill_ms": 0.4,
+    }
+
+
+def replay(records: list[Record], evidence: Evidencer, *, tier: str = "tracepoint") -> list[Event]:
+    """The events of `records`, built by the agent's own pipeline steps."""
+    probes: Any = types.SimpleNamespace(plan=types.SimpleNamespace(tier=tier))
+    agent = Agent(Settings(), probes, [StreamSink(io.BytesIO(), fmt="json")])
+    kills = []
+    for record in records:
+        kills += agent.correlator.feed(record, evidence(record))
+    kills += agent.correlator.tick(FAR_FUTURE_NS)
+    kills += agent.correlator.drain()
+    events = [agent.event_of(kill) for kill in kills]
+    return [e for e in events if e is not None]
+
+
+# -- a memcg OOM on this host's kernel (cgroup v1): holder and allocator -----------------
+
+HOLDER_ALLOCATOR = HOST["holder_allocator"]
+MEMCG = next(r.path for r in HOLDER_ALLOCATOR if hasattr(r, "path"))
+MARK = next(r for r in HOLDER_ALLOCATOR if isinstance(r, MarkVictimRecord))
+ALLOCATOR_CMDLINE = ["python3", "-c", "b = bytearray(40 << 20)"]
+SHELL = (Parent(MARK.trigger.ppid, "python3"), Parent(1, "systemd"))
+# A process of the same memcg that the OOM killer passed over.
+BYSTANDER = Holder(pid=4242, comm="idle", rss_kb=2048, oom_score_adj=0, cgroup=MEMCG)
+
+
+def memcg_oom_evidence(record: Record) -> Evidence:
+    if isinstance(record, MarkVictimRecord):
+        limit = 64 * MiB
+        return Evidence(
+            trigger=Seen(
+                snapshot(record.trigger, ALLOCATOR_CMDLINE, parents=SHELL), MEMCG, parents=SHELL
+            ),
+            memcg=MemcgCapture(
+                trigger_memcg=MEMCG,
+                oom_memcg=MEMCG,
+                source="kernel_counters",
+                stats={MEMCG: memcg_stat(MEMCG, limit, limit, 60 * MiB, 3 * MiB)},
+            ),
+            holders=(BYSTANDER,),
+            node_pages=6_000_000,
+        )
+    if isinstance(record, ExitRecord):
+        # The victim in its own context: its memcg id named the test's cgroup.
+        return Evidence(victim=Seen(None, MEMCG))
+    return NO_EVIDENCE
+
+
+def test_memcg_oom_from_recorded_records() -> None:
+    [event] = replay(HOLDER_ALLOCATOR, memcg_oom_evidence)
+    assert event["type"] == "oom_kill"
+    assert event["cause"] == "oom_kill"
+    oom = event["oom"]
+    # The memcg and its files: from the evidence only (the records carry ids).
+    assert oom["memcg"] == MEMCG
+    assert oom["memcg_source"] == "kernel_counters"
+    assert oom["memcg_stat"]["limit_bytes"] == 64 * MiB
+    assert oom["scope"] == "cgroup"
+    # The trigger is the allocator, with what /proc said of it while it lived.
+    trigger = event["trigger"]
+    assert trigger["pid"] == MARK.trigger.tgid != event["victim"]["pid"]
+    assert trigger["cmdline"] == ALLOCATOR_CMDLINE
+    assert [p["comm"] for p in trigger["parents"]] == ["python3", "systemd"]
+    assert trigger["cgroup"] == MEMCG
+    # The victim at the kill, as mark_victim saw it, first; then the bystander.
+    assert MARK.victim_memory is not None
+    victim_kb = MARK.victim_memory.anon_rss_kb + MARK.victim_memory.file_rss_kb
+    assert [(h["pid"], h["rss_kb"], h.get("victim", False)) for h in oom["top_holders"]] == [
+        (MARK.victim_tid, victim_kb, True),
+        (BYSTANDER.pid, BYSTANDER.rss_kb, False),
+    ]
+    # Badness weighs oom_score_adj 1000 against the memcg's limit in pages.
+    badness = oom["victim_badness"]
+    assert badness["oom_score_adj"] == 1000
+    assert badness["total_pages"] == 64 * MiB // PAGE
+    assert badness["adj_pages"] == 64 * MiB // PAGE
+    assert badness["points_estimate"] == (
+        victim_kb // 4 + MARK.victim_memory.pgtables_kb // 4 + 64 * MiB // PAGE
+    )
+    assert (
+        f"memcg {MEMCG} reached its 64 MiB limit (anon 60 MiB, file 3 MiB)"
+        in (event["explanation"])
+    )
+    assert "oom_score_adj 1000" in event["explanation"]
+    assert event["victim"]["cgroup"] == MEMCG
+    assert event["enrichment"]["errors"] == []
+
+
+def test_memcg_oom_without_evidence_says_so() -> None:
+    """The same records with nothing captured: every evidence field is null or empty
+    (which is what the test above would see if the evidence were dropped)."""
+    [event] = replay(HOLDER_ALLOCATOR, lambda _record: NO_EVIDENCE)
+    oom = event["oom"]
+    assert oom["memcg"] is None
+    assert oom["memcg_stat"] is None
+    assert event["trigger"]["cmdline"] is None
+    assert [h.get("victim") for h in oom["top_holders"]] == [True]
+    assert "the limit that was hit is unknown" in event["explanation"]
+
+
+@pytest.mark.parametrize("scenario", ["oom_hog", "holder_allocator"])
+def test_every_recorded_oom_builds_one_event(scenario: str) -> None:
+    events = replay(HOST[scenario], memcg_oom_evidence)
+    assert [e["type"] for e in events] == ["oom_kill"]
+    assert events[0]["victim"]["exit"]["code"] == 137
