@@ -3,7 +3,7 @@
  * Records that oomtrace's BPF programs write to the ring buffer.
  *
  * This header is the single definition shared by the kernel side and the
- * userspace decoder (agent/oomtrace/records.py mirrors it, and a root test
+ * userspace decoder (agent/oomtrace/kernel/records.py mirrors it, and a root test
  * compares that mirror with the layout bcc builds from this file).
  *
  * Rules that keep the two sides in step:

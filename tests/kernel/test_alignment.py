@@ -20,7 +20,7 @@ from oomtrace.kernel import features, probes, records
 
 pytestmark = pytest.mark.kernel
 
-STRUCTS = sorted(records.MIRRORS)
+STRUCTS = sorted(kind.c_struct for kind in records.RECORD_KINDS)
 
 
 def _layout_text(plan: probes.Plan) -> str:
@@ -95,12 +95,7 @@ def _header_constants() -> dict[str, int]:
 def test_header_constants_equal_the_decoders() -> None:
     defined = _header_constants()
     for expected in (
-        "REC_SIGNAL",
-        "REC_MARK_VICTIM",
-        "REC_DELIVER",
-        "REC_EXIT",
-        "REC_CGROUP_MKDIR",
-        "REC_OOM_KILL",
+        *(kind.constant for kind in records.RECORD_KINDS),
         "REC_KINDS",
         "COMM_LEN",
         "CGROUP_PATH_LEN",

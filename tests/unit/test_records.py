@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from oomtrace.kernel import records
+from oomtrace.kernel import features, probes, records
 from oomtrace.kernel.records import (
     CgroupRecord,
     DecodeError,
@@ -38,14 +39,7 @@ MiB_KB = 1024
 PAGE_KB = 4  # recorded on x86_64
 UNLIMITED_PAGES = 1 << 50  # PAGE_COUNTER_MAX is LONG_MAX / PAGE_SIZE
 
-MIRROR_BY_KIND = {
-    records.REC_SIGNAL: records.RawSignal,
-    records.REC_MARK_VICTIM: records.RawMarkVictim,
-    records.REC_DELIVER: records.RawDeliver,
-    records.REC_EXIT: records.RawExit,
-    records.REC_CGROUP_MKDIR: records.RawCgroup,
-    records.REC_OOM_KILL: records.RawOomKill,
-}
+MIRROR_BY_KIND = {kind.code: kind.mirror for kind in records.RECORD_KINDS}
 
 
 def _raw_by_scenario() -> dict[str, list[bytes]]:
@@ -85,6 +79,71 @@ def _first_mark(scenario: str) -> bytes:
         if int.from_bytes(data[:2], "little") == records.REC_MARK_VICTIM:
             return data
     raise AssertionError(f"no mark_victim in {scenario}")
+
+
+# -- the declaration of each kind ---------------------------------------------
+
+HEADER = probes.bpf_dir() / "oomtrace.h"
+
+
+def _header_kinds() -> dict[str, int]:
+    """OOMTRACE_REC_<NAME> -> code, read from the header's text."""
+    found = re.findall(r"^#define\s+OOMTRACE_(REC_\w+)\s+(\d+)\b", HEADER.read_text(), re.M)
+    return {name: int(code) for name, code in found if name != "REC_KINDS"}
+
+
+def test_every_kind_in_the_header_is_declared() -> None:
+    in_header = _header_kinds()
+    assert in_header, "no OOMTRACE_REC_* found in the header"
+    declared = {kind.constant: kind.code for kind in records.RECORD_KINDS}
+    assert declared == in_header
+    for kind in records.RECORD_KINDS:
+        assert getattr(records, kind.constant) == kind.code, kind.name
+        assert 0 < kind.code < records.REC_KINDS, kind.name
+
+
+def test_declarations_are_distinct() -> None:
+    kinds = records.RECORD_KINDS
+    for attribute in ("code", "name", "c_struct", "mirror"):
+        values = [getattr(kind, attribute) for kind in kinds]
+        assert len(set(values)) == len(values), attribute
+    hooks = [hook for kind in kinds for hook in kind.hooks]
+    assert len(set(hooks)) == len(hooks)
+
+
+@pytest.mark.parametrize("kind", records.RECORD_KINDS, ids=lambda kind: kind.name)
+def test_declaration_names_what_the_kernel_side_has(
+    kind: records.RecordKind[ctypes.Structure],
+) -> None:
+    header = HEADER.read_text()
+    assert re.search(rf"^struct {kind.c_struct} \{{", header, re.M), kind.c_struct
+    assert kind.mirror._fields_[0][0] == "kind"
+    program = (probes.bpf_dir() / kind.source).read_text()
+    # The program reserves the kind's struct under the kind's code.
+    assert f"struct {kind.c_struct} *" in program
+    assert f"OOMTRACE_{kind.constant}" in program
+    assert kind.hooks
+    for hook in kind.hooks:
+        if hook in features.TRACEPOINTS:
+            category, event = hook.split(":", 1)
+            assert f"TRACEPOINT_PROBE({category}, {event})" in program, hook
+        else:
+            assert hook.startswith(records.KPROBE_HOOK_PREFIX), hook
+
+
+def test_programs_attach_the_hooks_of_the_kinds_they_write() -> None:
+    programs = (*probes.PROGRAMS, probes.KPROBE_PROGRAM)
+    assert {p.source for p in programs} == {kind.source for kind in records.RECORD_KINDS}
+    assert sorted(hook for p in programs for hook in p.hooks) == sorted(
+        hook for kind in records.RECORD_KINDS for hook in kind.hooks
+    )
+    assert probes.PROGRAMS[0].hooks == (
+        "signal:signal_generate",
+        "signal:signal_deliver",
+        "sched:sched_process_exit",
+    )
+    assert probes.DELIVER_HOOK in probes.PROGRAMS[0].hooks
+    assert set(features.TRACEPOINTS) == {hook for p in probes.PROGRAMS for hook in p.hooks}
 
 
 # -- every record --------------------------------------------------------------

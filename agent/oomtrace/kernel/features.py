@@ -7,13 +7,13 @@ and attach on this kernel, and say why a hook is missing.
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from oomtrace.kernel import records
 from oomtrace.kernel.btf import Btf, BtfError
 
 TRACEFS_CANDIDATES: Final = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -256,13 +256,8 @@ class KernelFeatures:
         return fmt is not None and field_name in fmt.fields
 
 
-TRACEPOINTS: Final = (
-    "signal:signal_generate",
-    "signal:signal_deliver",
-    "sched:sched_process_exit",
-    "oom:mark_victim",
-    "cgroup:cgroup_mkdir",
-)
+# What the record kinds are written from: the tracepoints the loader may attach.
+TRACEPOINTS: Final = records.tracepoints()
 
 
 def probe_kernel(tracefs: Path, *, btf_path: Path = BTF_VMLINUX) -> KernelFeatures:
@@ -301,7 +296,3 @@ def probe_kernel(tracefs: Path, *, btf_path: Path = BTF_VMLINUX) -> KernelFeatur
         vocabulary=vocabulary(btf),
         kprobes=has_kprobes(tracefs),
     )
-
-
-def page_size() -> int:
-    return os.sysconf("SC_PAGE_SIZE")

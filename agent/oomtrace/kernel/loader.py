@@ -3,11 +3,12 @@
 bcc links LLVM and clang: importing it maps some 60 MB of libraries into the
 process, and compiling grows the heap by 40 MB more, none of which is used once
 the programs are loaded. So a child process compiles and attaches the programs
-(oomtrace.kernel.probes.Compiled), then hands the kernel objects over a unix socket
-(SCM_RIGHTS): the map fds, and the perf-event and raw-tracepoint fds that keep
-each program attached. The kernel objects live as long as some process holds
-their fds, so the child may exit; it does so with os._exit, because bcc's exit
-handler would first disable the perf events the agent now shares.
+(Compiled, which Probes can also run in the agent itself), then hands the kernel
+objects over a unix socket (SCM_RIGHTS): the map fds, and the perf-event and
+raw-tracepoint fds that keep each program attached. The kernel objects live as
+long as some process holds their fds, so the child may exit; it does so with
+os._exit, because bcc's exit handler would first disable the perf events the
+agent now shares.
 
 The agent then needs no bcc at all: it reads the ring buffer through mmap and
 epoll, and the few map entries it uses with the bpf(2) syscall.
@@ -26,9 +27,9 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 # bpf(2) commands (include/uapi/linux/bpf.h)
 BPF_MAP_LOOKUP_ELEM: Final = 1
@@ -51,6 +52,10 @@ MAX_FDS: Final = 64
 RawCallback = Callable[[bytes], None]
 
 
+class LoadError(RuntimeError):
+    """The BPF programs could not be compiled or attached."""
+
+
 class HandoverError(RuntimeError):
     """The child could not compile, attach or hand over the programs."""
 
@@ -58,6 +63,108 @@ class HandoverError(RuntimeError):
 def supported() -> bool:
     """Whether this process can drive handed-over maps (bpf(2) is a raw syscall here)."""
     return _NR_BPF is not None and bool(sys.executable)
+
+
+# -- compiling with bcc ---------------------------------------------------------
+
+
+def _rewound(f: IO[str]) -> str:
+    f.seek(0)
+    return f.read().strip()
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[IO[str]]:
+    """Collects what clang and libbcc print on fd 2, so it reaches the structured
+    log instead of interleaving raw text with it."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile("w+") as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield sink
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _text(name: object) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+class Compiled:
+    """The programs compiled, loaded and attached by bcc in this process."""
+
+    def __init__(self, text: str, kernel_source: Path | None, kprobe_symbol: str | None) -> None:
+        if kernel_source is not None:
+            # bcc only compiles with a kernel tree; tracepoint programs need
+            # none of its types, so a stub tree stands in.
+            os.environ["BCC_KERNEL_SOURCE"] = str(kernel_source)
+        try:
+            from bcc import BPF
+        except ImportError as exc:
+            raise LoadError(
+                "the bcc Python module is missing: install the distribution package "
+                "(Debian/Ubuntu: python3-bpfcc) and run oomtrace with that Python"
+            ) from exc
+        with _captured_stderr() as compiler_output:
+            try:
+                self.bpf: Any = BPF(text=text)
+            except Exception as exc:
+                detail = _rewound(compiler_output)
+                raise LoadError(
+                    f"compiling or attaching the BPF programs failed: {exc}"
+                    + (f"\n{detail}" if detail else "")
+                ) from exc
+            self.compiler_output = _rewound(compiler_output)
+        self.kprobe_error: str | None = None
+        if kprobe_symbol is not None:
+            try:
+                self.bpf.attach_kprobe(event=kprobe_symbol, fn_name="oomtrace_oom_kill_process")
+            except Exception as exc:
+                # The kernel may refuse (e.g. the symbol is on its kprobe blacklist).
+                self.kprobe_error = f"attaching to {kprobe_symbol} failed: {exc}"
+
+    def handover_fds(self, maps: tuple[str, ...]) -> tuple[list[int], list[str]]:
+        """The fds that hold the maps and keep each program attached, with names."""
+        fds: list[int] = []
+        names: list[str] = []
+        for name in maps:
+            names.append(f"map:{name}")
+            fds.append(self.bpf[name].map_fd)
+        for table in (self.bpf.tracepoint_fds, self.bpf.raw_tracepoint_fds):
+            for hook, fd in table.items():
+                names.append(f"link:{_text(hook)}")
+                fds.append(fd)
+        for event, by_fn in self.bpf.kprobe_fds.items():
+            for fn, fd in by_fn.items():
+                names.append(f"link:{_text(event)}:{_text(fn)}")
+                fds.append(fd)
+        return fds, names
+
+    def set_mask(self, mask: int) -> None:
+        self.bpf["traced_signals"][ctypes.c_int(0)] = ctypes.c_uint64(mask)
+
+    def open(self, callback: RawCallback) -> None:
+        def on_record(_ctx: Any, data: Any, size: int) -> int:
+            callback(ctypes.string_at(data, size))
+            return 0
+
+        # bcc keeps the ctypes callback alive for the buffer's lifetime.
+        self.bpf["events"].open_ring_buffer(on_record)
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def lost(self, kind: int) -> int:
+        table = self.bpf["lost_records"]
+        return int(table.sum(table.Key(kind)).value)
+
+    def ring_peak(self) -> tuple[int, int] | None:
+        return None  # bcc's reader does not tell its backlog
+
+    def close(self) -> None:
+        self.bpf.cleanup()
 
 
 # -- the child -------------------------------------------------------------------
@@ -69,8 +176,6 @@ def child_main(sock_fd: int) -> None:
     sock = socket.socket(fileno=sock_fd)
     try:
         request = json.loads(_read_all(sock))
-        from oomtrace.kernel.probes import Compiled
-
         source = request["kernel_source"]
         compiled = Compiled(
             request["text"], Path(source) if source else None, request["kprobe_symbol"]
@@ -354,7 +459,7 @@ class RingBuffer:
 
 class Handed:
     """The loaded programs as fds handed over by the child: the same operations as
-    oomtrace.kernel.probes.Compiled, without bcc."""
+    Compiled, without bcc."""
 
     def __init__(self, fds: dict[str, int], meta: dict[str, Any]) -> None:
         self.fds = fds

@@ -1,26 +1,27 @@
-"""Choosing, assembling, compiling and attaching the BPF programs with bcc.
+"""Choosing and assembling the BPF programs, and reading what they write.
 
 The C that is loaded is one text: the #defines computed for this kernel, then
 ``bpf/oomtrace.h``, ``bpf/common.bpf.h`` and one file per concern. ``--ebpf``
-prints exactly that text. It is compiled in a child process (oomtrace.kernel.loader).
+prints exactly that text. It is compiled and attached by oomtrace.kernel.loader,
+in a child process by default. Which hooks a program attaches is derived from the
+record kinds it writes (oomtrace.kernel.records.RECORD_KINDS).
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Final
 
-from oomtrace.kernel import loader
-from oomtrace.kernel.features import KernelFeatures, find_symbol, page_size
-from oomtrace.kernel.records import REC_KINDS
+from oomtrace.host.procfs import PAGE_SIZE
+from oomtrace.kernel import loader, records
+from oomtrace.kernel.features import KernelFeatures, find_symbol
+from oomtrace.kernel.loader import Compiled, RawCallback
+from oomtrace.kernel.records import REC_DELIVER, REC_KINDS
 from oomtrace.sigdefs import SIGKILL, signal_mask
+
+# Defined with the loader, which raises it from a compile; planning raises it too.
+LoadError = loader.LoadError
 
 
 def bpf_dir() -> Path:
@@ -42,29 +43,20 @@ class Program:
     required: bool
     tier: str  # "tracepoint" | "kprobe"
 
+    @classmethod
+    def writing(cls, name: str, source: str, *, required: bool, tier: str) -> Program:
+        """The program in ``source``, attached at the hooks its record kinds are written from."""
+        return cls(name, source, records.hooks_of(source), required=required, tier=tier)
+
 
 PROGRAMS: Final = (
-    Program(
-        "signals",
-        "signals.bpf.c",
-        ("signal:signal_generate", "signal:signal_deliver", "sched:sched_process_exit"),
-        required=True,
-        tier="tracepoint",
-    ),
-    Program(
-        "oom_victim", "oom_victim.bpf.c", ("oom:mark_victim",), required=True, tier="tracepoint"
-    ),
-    Program(
-        "cgroups", "cgroups.bpf.c", ("cgroup:cgroup_mkdir",), required=False, tier="tracepoint"
-    ),
+    Program.writing("signals", "signals.bpf.c", required=True, tier="tracepoint"),
+    Program.writing("oom_victim", "oom_victim.bpf.c", required=True, tier="tracepoint"),
+    Program.writing("cgroups", "cgroups.bpf.c", required=False, tier="tracepoint"),
 )
 
 DEFAULT_RINGBUF_PAGES: Final = 1024
-DELIVER_HOOK: Final = "signal:signal_deliver"
-
-
-class LoadError(RuntimeError):
-    """The BPF programs could not be compiled or attached."""
+DELIVER_HOOK: Final = records.BY_CODE[REC_DELIVER].hooks[0]
 
 
 @dataclass(slots=True)
@@ -85,9 +77,7 @@ class Plan:
         return [hook for program in self.programs for hook in program.hooks]
 
 
-KPROBE_PROGRAM: Final = Program(
-    "oom_kill", "oom_kill.bpf.c", ("kprobe:oom_kill_process",), required=False, tier="kprobe"
-)
+KPROBE_PROGRAM: Final = Program.writing("oom_kill", "oom_kill.bpf.c", required=False, tier="kprobe")
 
 
 def plan(
@@ -104,7 +94,7 @@ def plan(
         raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
     defines = {
         "OOMTRACE_RINGBUF_PAGES": str(ringbuf_pages),
-        "PAGE_SIZE": f"{page_size()}UL",
+        "PAGE_SIZE": f"{PAGE_SIZE}UL",
     }
     missing: dict[str, str] = {}
     if features.offsets is not None:
@@ -195,108 +185,6 @@ def assemble(p: Plan) -> str:
     ]
     parts.extend((root / program.source).read_text() for program in p.programs)
     return "\n".join(parts)
-
-
-RawCallback = Callable[[bytes], None]
-
-
-def _rewound(f: IO[str]) -> str:
-    f.seek(0)
-    return f.read().strip()
-
-
-@contextmanager
-def _captured_stderr() -> Iterator[IO[str]]:
-    """Collects what clang and libbcc print on fd 2, so it reaches the structured
-    log instead of interleaving raw text with it."""
-    sys.stderr.flush()
-    with tempfile.TemporaryFile("w+") as sink:
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield sink
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-def _text(name: object) -> str:
-    return name.decode() if isinstance(name, bytes) else str(name)
-
-
-class Compiled:
-    """The programs compiled, loaded and attached by bcc in this process."""
-
-    def __init__(self, text: str, kernel_source: Path | None, kprobe_symbol: str | None) -> None:
-        if kernel_source is not None:
-            # bcc only compiles with a kernel tree; tracepoint programs need
-            # none of its types, so a stub tree stands in.
-            os.environ["BCC_KERNEL_SOURCE"] = str(kernel_source)
-        try:
-            from bcc import BPF
-        except ImportError as exc:
-            raise LoadError(
-                "the bcc Python module is missing: install the distribution package "
-                "(Debian/Ubuntu: python3-bpfcc) and run oomtrace with that Python"
-            ) from exc
-        with _captured_stderr() as compiler_output:
-            try:
-                self.bpf: Any = BPF(text=text)
-            except Exception as exc:
-                detail = _rewound(compiler_output)
-                raise LoadError(
-                    f"compiling or attaching the BPF programs failed: {exc}"
-                    + (f"\n{detail}" if detail else "")
-                ) from exc
-            self.compiler_output = _rewound(compiler_output)
-        self.kprobe_error: str | None = None
-        if kprobe_symbol is not None:
-            try:
-                self.bpf.attach_kprobe(event=kprobe_symbol, fn_name="oomtrace_oom_kill_process")
-            except Exception as exc:
-                # The kernel may refuse (e.g. the symbol is on its kprobe blacklist).
-                self.kprobe_error = f"attaching to {kprobe_symbol} failed: {exc}"
-
-    def handover_fds(self, maps: tuple[str, ...]) -> tuple[list[int], list[str]]:
-        """The fds that hold the maps and keep each program attached, with names."""
-        fds: list[int] = []
-        names: list[str] = []
-        for name in maps:
-            names.append(f"map:{name}")
-            fds.append(self.bpf[name].map_fd)
-        for table in (self.bpf.tracepoint_fds, self.bpf.raw_tracepoint_fds):
-            for hook, fd in table.items():
-                names.append(f"link:{_text(hook)}")
-                fds.append(fd)
-        for event, by_fn in self.bpf.kprobe_fds.items():
-            for fn, fd in by_fn.items():
-                names.append(f"link:{_text(event)}:{_text(fn)}")
-                fds.append(fd)
-        return fds, names
-
-    def set_mask(self, mask: int) -> None:
-        self.bpf["traced_signals"][ctypes.c_int(0)] = ctypes.c_uint64(mask)
-
-    def open(self, callback: RawCallback) -> None:
-        def on_record(_ctx: Any, data: Any, size: int) -> int:
-            callback(ctypes.string_at(data, size))
-            return 0
-
-        # bcc keeps the ctypes callback alive for the buffer's lifetime.
-        self.bpf["events"].open_ring_buffer(on_record)
-
-    def poll(self, timeout_ms: int) -> None:
-        self.bpf.ring_buffer_poll(timeout_ms)
-
-    def lost(self, kind: int) -> int:
-        table = self.bpf["lost_records"]
-        return int(table.sum(table.Key(kind)).value)
-
-    def ring_peak(self) -> tuple[int, int] | None:
-        return None  # bcc's reader does not tell its backlog
-
-    def close(self) -> None:
-        self.bpf.cleanup()
 
 
 class Probes:

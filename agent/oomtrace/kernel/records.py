@@ -1,5 +1,13 @@
 """Decoding of raw ring-buffer records into typed, immutable Python objects.
 
+Each record kind is declared once, in :data:`RECORD_KINDS`: its code, its name, the
+C struct it is, the ctypes mirror of that struct, the function that turns the mirror
+into a record, and the BPF program and kernel hooks that write it. The decoder, the
+name and mirror tables, the tracepoints the kernel is probed for and the hooks each
+program attaches are all derived from that tuple.
+
+A new kind: bpf/oomtrace.h, its bpf/*.bpf.c program, a RecordKind here, a branch in correlate.py.
+
 The ctypes classes below mirror ``bpf/oomtrace.h`` field for field; the root test
 ``tests/kernel/test_alignment.py`` compares them with the layout bcc derives from
 the header, so a change on one side without the other fails. Each record's
@@ -11,7 +19,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 COMM_LEN: Final = 16
 MEMCG_LEVELS: Final = 4
@@ -24,15 +32,6 @@ REC_EXIT: Final = 4
 REC_CGROUP_MKDIR: Final = 5
 REC_OOM_KILL: Final = 6
 REC_KINDS: Final = 8
-
-KIND_NAMES: Final = {
-    REC_SIGNAL: "signal",
-    REC_MARK_VICTIM: "mark_victim",
-    REC_DELIVER: "deliver",
-    REC_EXIT: "exit",
-    REC_CGROUP_MKDIR: "cgroup_mkdir",
-    REC_OOM_KILL: "oom_kill",
-}
 
 TASK_NO_OFFSETS: Final = 1
 TASK_READ_FAILED: Final = 2
@@ -164,17 +163,6 @@ class RawOomKill(ctypes.Structure):
         ("oom_memcg_usage_pages", _u64),
         ("victim_comm", _comm),
     ]
-
-
-# C struct name in bpf/oomtrace.h -> mirror, for the alignment test.
-MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
-    "oomtrace_signal_rec": RawSignal,
-    "oomtrace_mark_victim_rec": RawMarkVictim,
-    "oomtrace_deliver_rec": RawDeliver,
-    "oomtrace_exit_rec": RawExit,
-    "oomtrace_cgroup_rec": RawCgroup,
-    "oomtrace_oom_kill_rec": RawOomKill,
-}
 
 
 class DecodeError(ValueError):
@@ -465,30 +453,137 @@ def _oom_kill(r: RawOomKill) -> OomKillRecord:
     )
 
 
+_Raw = TypeVar("_Raw", bound=ctypes.Structure)
+
+# The hook of a kprobe program is "kprobe:<function>"; every other hook is a
+# tracepoint, "<category>:<event>" as tracefs names it.
+KPROBE_HOOK_PREFIX: Final = "kprobe:"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordKind(Generic[_Raw]):
+    """One kind of ring-buffer record, declared once: everything derives from it."""
+
+    code: int  # OOMTRACE_REC_* in bpf/oomtrace.h, the record's first field
+    name: str  # REC_<NAME> here, and how lost counts and logs name the kind
+    c_struct: str  # struct <c_struct> in bpf/oomtrace.h
+    mirror: type[_Raw]
+    decode: Callable[[_Raw], Record]
+    source: str  # the BPF program in bpf/ that writes it
+    hooks: tuple[str, ...]  # the kernel hooks of that program that write it
+
+    @property
+    def constant(self) -> str:
+        return f"REC_{self.name.upper()}"
+
+    @property
+    def size(self) -> int:
+        """What the ring buffer hands over: sizeof the struct, never less."""
+        return ctypes.sizeof(self.mirror)
+
+
+RECORD_KINDS: Final[tuple[RecordKind[Any], ...]] = (
+    RecordKind(
+        REC_SIGNAL,
+        "signal",
+        "oomtrace_signal_rec",
+        RawSignal,
+        _signal,
+        "signals.bpf.c",
+        ("signal:signal_generate",),
+    ),
+    RecordKind(
+        REC_MARK_VICTIM,
+        "mark_victim",
+        "oomtrace_mark_victim_rec",
+        RawMarkVictim,
+        _mark_victim,
+        "oom_victim.bpf.c",
+        ("oom:mark_victim",),
+    ),
+    RecordKind(
+        REC_DELIVER,
+        "deliver",
+        "oomtrace_deliver_rec",
+        RawDeliver,
+        _deliver,
+        "signals.bpf.c",
+        ("signal:signal_deliver",),
+    ),
+    RecordKind(
+        REC_EXIT,
+        "exit",
+        "oomtrace_exit_rec",
+        RawExit,
+        _exit,
+        "signals.bpf.c",
+        ("sched:sched_process_exit",),
+    ),
+    RecordKind(
+        REC_CGROUP_MKDIR,
+        "cgroup_mkdir",
+        "oomtrace_cgroup_rec",
+        RawCgroup,
+        _cgroup,
+        "cgroups.bpf.c",
+        ("cgroup:cgroup_mkdir",),
+    ),
+    RecordKind(
+        REC_OOM_KILL,
+        "oom_kill",
+        "oomtrace_oom_kill_rec",
+        RawOomKill,
+        _oom_kill,
+        "oom_kill.bpf.c",
+        (f"{KPROBE_HOOK_PREFIX}oom_kill_process",),
+    ),
+)
+
+BY_CODE: Final[dict[int, RecordKind[Any]]] = {kind.code: kind for kind in RECORD_KINDS}
+KIND_NAMES: Final[dict[int, str]] = {kind.code: kind.name for kind in RECORD_KINDS}
+# C struct name in bpf/oomtrace.h -> mirror, for the alignment test.
+MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
+    kind.c_struct: kind.mirror for kind in RECORD_KINDS
+}
+# (mirror, builder) by code, the shape bench/hotpath.py's struct-based decoder reads.
 _DECODERS: Final[dict[int, tuple[type[ctypes.Structure], Callable[[Any], Record]]]] = {
-    REC_SIGNAL: (RawSignal, _signal),
-    REC_MARK_VICTIM: (RawMarkVictim, _mark_victim),
-    REC_DELIVER: (RawDeliver, _deliver),
-    REC_EXIT: (RawExit, _exit),
-    REC_CGROUP_MKDIR: (RawCgroup, _cgroup),
-    REC_OOM_KILL: (RawOomKill, _oom_kill),
+    kind.code: (kind.mirror, kind.decode) for kind in RECORD_KINDS
 }
 
 
+def hooks_of(source: str) -> tuple[str, ...]:
+    """The hooks of BPF program ``source`` that write records, in record-code order."""
+    return tuple(hook for kind in RECORD_KINDS if kind.source == source for hook in kind.hooks)
+
+
+def tracepoints() -> tuple[str, ...]:
+    """Every tracepoint some record kind is written from."""
+    return tuple(
+        hook
+        for kind in RECORD_KINDS
+        for hook in kind.hooks
+        if not hook.startswith(KPROBE_HOOK_PREFIX)
+    )
+
+
 class RecordDecoder:
-    """Turns the bytes of one ring-buffer record into a Record."""
+    """Turns the bytes of one ring-buffer record into a Record.
+
+    Any bytes give a record or a :class:`DecodeError`: every bit pattern of a
+    mirror of the right size is a valid struct, and the builders only read it."""
+
+    def __init__(self) -> None:
+        # Sizes computed once: decode runs for every record.
+        self._kinds = {kind.code: (kind.mirror, kind.size, kind.decode) for kind in RECORD_KINDS}
 
     def decode(self, data: bytes) -> Record:
         if len(data) < 2:
             raise DecodeError(f"record of {len(data)} bytes has no kind")
         kind = int.from_bytes(data[:2], "little")
-        entry = _DECODERS.get(kind)
+        entry = self._kinds.get(kind)
         if entry is None:
             raise DecodeError(f"unknown record kind {kind}")
-        raw_cls, build = entry
-        if len(data) < ctypes.sizeof(raw_cls):
-            raise DecodeError(
-                f"record kind {kind} has {len(data)} bytes, expected {ctypes.sizeof(raw_cls)}"
-            )
-        raw = raw_cls.from_buffer_copy(data)
-        return build(raw)
+        raw_cls, size, build = entry
+        if len(data) < size:
+            raise DecodeError(f"record kind {kind} has {len(data)} bytes, expected {size}")
+        return build(raw_cls.from_buffer_copy(data))
