@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from oomtrace.display import printable
 from oomtrace.host.kubepath import parse_kube_cgroup
 from oomtrace.kernel.records import INFO_NOINFO
 from oomtrace.schema import Cause, container_label, mib, pod_label
@@ -139,11 +140,11 @@ def _place(proc: Party) -> str:
     if k8s:
         pod = pod_label(dict(k8s))
         if k8s.get("sandbox"):
-            return f"The sandbox (pause) process of pod {pod}"
+            return f"The sandbox (pause) process of pod {_name(pod)}"
         if k8s.get("container") or k8s.get("container_id"):
-            return f"Container {container_label(dict(k8s))} (pod {pod})"
-        return f"A process of pod {pod} outside its containers ({proc.comm})"
-    return f"Process {proc.comm} (pid {proc.pid}, cgroup {proc.cgroup or '?'})"
+            return f"Container {_name(container_label(dict(k8s)))} (pod {_name(pod)})"
+        return f"A process of pod {_name(pod)} outside its containers ({_name(proc.comm)})"
+    return f"Process {_name(proc.comm)} (pid {proc.pid}, cgroup {_name(proc.cgroup or '?')})"
 
 
 def _same_container(a: Party, b: Party) -> bool:
@@ -160,19 +161,19 @@ def _trigger_words(victim: Party, trigger: Party | None) -> str:
         return "the allocation came from the victim itself"
     if _same_container(victim, trigger):
         where = "container" if victim.k8s else "cgroup"
-        return f"the allocation came from {trigger.comm} in the same {where}"
+        return f"the allocation came from {_name(trigger.comm)} in the same {where}"
     k8s = trigger.k8s
     if k8s:
         pod = pod_label(dict(k8s))
         if k8s.get("sandbox"):
-            return f"the allocation came from the sandbox of pod {pod}"
+            return f"the allocation came from the sandbox of pod {_name(pod)}"
         name = container_label(dict(k8s))
         if name:
-            return f"the allocation came from container {name} in pod {pod}"
-        return f"the allocation came from {trigger.comm} in pod {pod}"
+            return f"the allocation came from container {_name(name)} in pod {_name(pod)}"
+        return f"the allocation came from {_name(trigger.comm)} in pod {_name(pod)}"
     return (
-        f"the allocation came from host process {trigger.comm} "
-        f"(pid {trigger.pid}) in {trigger.cgroup or '?'}"
+        f"the allocation came from host process {_name(trigger.comm)} "
+        f"(pid {trigger.pid}) in {_name(trigger.cgroup or '?')}"
     )
 
 
@@ -182,7 +183,7 @@ def _oom_explanation(facts: Facts, scope: str | None) -> str:
         why = "the node ran out of memory (global OOM)"
     elif facts.memcg:
         limit = mib(facts.limit_bytes, 0)
-        why = f"its {scope or 'cgroup'} memcg {facts.memcg} reached its {limit} limit"
+        why = f"its {scope or 'cgroup'} memcg {_name(facts.memcg)} reached its {limit} limit"
         if parts:
             why += f" (anon {mib(parts.get('anon'), 0)}, file {mib(parts.get('file'), 0)})"
     else:
@@ -207,8 +208,8 @@ _CAUSE_WORDS: Final = {
 
 def _signal_explanation(facts: Facts, cause: Cause) -> str:
     sender = facts.sender or Party(pid=None, comm=None)
-    who = f"{sender.comm} (pid {sender.pid}, uid {sender.uid})"
-    tty = f" on {sender.tty}" if sender.tty else ""
+    who = f"{_name(sender.comm)} (pid {sender.pid}, uid {sender.uid})"
+    tty = f" on {_name(sender.tty)}" if sender.tty else ""
     how = _CAUSE_WORDS.get(cause, "by {sender}").format(sender=who, tty=tty, code=facts.signal_code)
     code = f" (exit code {facts.exit_code})" if facts.exit_code is not None else ""
     return f"{_place(facts.victim)} was sent {facts.signal}{code} {how}."
@@ -220,6 +221,20 @@ def classify(facts: Facts, rules: Rules) -> Verdict:
     in _CAUSE_WORDS, with its case in tests/unit/test_classify.py."""
     if facts.kind == "oom_kill":
         scope = oom_scope(facts)
-        return Verdict(Cause.OOM_KILL, _oom_explanation(facts, scope), scope)
+        return Verdict(Cause.OOM_KILL, _sentence(_oom_explanation(facts, scope)), scope)
     cause = signal_cause(facts, rules)
-    return Verdict(cause, _signal_explanation(facts, cause))
+    return Verdict(cause, _sentence(_signal_explanation(facts, cause)))
+
+
+# The explanation is meant to be printed (a chat alert, `jq -r`): it names
+# processes, cgroups and pods whose names anyone may have chosen.
+NAME_LIMIT: Final = 256
+EXPLANATION_LIMIT: Final = 4096
+
+
+def _name(value: object) -> str:
+    return printable(value, NAME_LIMIT)
+
+
+def _sentence(text: str) -> str:
+    return printable(text, EXPLANATION_LIMIT)

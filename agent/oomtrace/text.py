@@ -2,10 +2,15 @@
 
 It leads with what an operator asks first: which pod and container, then what
 killed it and why. Every value comes from the JSON event, so both views agree.
+Every line passes through display.printable(): a name a process chose cannot
+move the cursor, clear the screen or forge a line of its own.
 """
 
 from __future__ import annotations
 
+import sys
+
+from oomtrace.display import printable
 from oomtrace.schema import Event, mib, pod_label
 
 
@@ -36,7 +41,7 @@ def _k8s(proc: Event | None) -> str | None:
 
 
 def _place(proc: Event | None) -> str:
-    return _k8s(proc) or f"cgroup {(proc or {}).get('cgroup') or '?'}"
+    return _k8s(proc) or f"cgroup {printable((proc or {}).get('cgroup') or '?')}"
 
 
 def _exit(victim: Event) -> str | None:
@@ -56,7 +61,7 @@ def _oom_lines(event: Event) -> list[str]:
         f"  victim   {_who(victim)}  oom_score_adj {_value(victim.get('oom_score_adj'))}  "
         f"anon {_kb(mem.get('anon_rss_kb'))}  file {_kb(mem.get('file_rss_kb'))}  "
         f"shmem {_kb(mem.get('shmem_rss_kb'))}",
-        f"           cgroup {victim.get('cgroup') or '?'}",
+        f"           cgroup {printable(victim.get('cgroup') or '?')}",
     ]
     trigger = event.get("trigger")
     if trigger:
@@ -80,12 +85,12 @@ def _signal_lines(event: Event) -> list[str]:
     sender = event.get("sender") or {}
     chain = " <- ".join(f"{p.get('comm')}({p.get('pid')})" for p in sender.get("parents") or [])
     lines = [
-        f"  victim   {_who(victim)}  cgroup {victim.get('cgroup') or '?'}",
+        f"  victim   {_who(victim)}  cgroup {printable(victim.get('cgroup') or '?')}",
         f"  sender   {_who(sender)}  uid {sender.get('uid')}  tty {sender.get('tty') or '-'}  "
         f"in {_place(sender)}",
     ]
     if sender.get("cmdline"):
-        lines.append(f"           cmdline {' '.join(sender['cmdline'])}")
+        lines.append(f"           cmdline {printable(' '.join(sender['cmdline']))}")
     if chain:
         lines.append(f"           parents {chain}")
     return lines
@@ -95,7 +100,8 @@ def render(event: Event) -> str:
     kind = event.get("type")
     if kind == "lost":
         lost = event.get("lost") or {}
-        return f"{event.get('time')}  LOST {lost.get('count')} records ({lost.get('source')})\n\n"
+        line = f"{event.get('time')}  LOST {lost.get('count')} records ({lost.get('source')})"
+        return printable(line, sys.maxsize) + "\n\n"
     victim = event.get("victim") or {}
     signal = event.get("signal") or {}
     title = "OOM KILL" if kind == "oom_kill" else f"{signal.get('name')} ({signal.get('code')})"
@@ -109,4 +115,5 @@ def render(event: Event) -> str:
         lines.append(f"  exit     {ended}")
     errors = (event.get("enrichment") or {}).get("errors") or []
     lines.extend(f"  note     {e}" for e in errors)
-    return "\n".join(lines) + "\n\n"
+    # Values were cut where they can be long; this pass escapes, never cuts.
+    return "\n".join(printable(line, sys.maxsize) for line in lines) + "\n\n"
