@@ -9,6 +9,7 @@ namespace) give them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -18,6 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["CgroupPaths", "Hierarchy", "parse_mountinfo"]
+
+
+def _encodable(path: str) -> bool:
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +42,10 @@ class Hierarchy:
         """The directory of hierarchy path ``path`` under this mount; None when it is not
         below the mount's root or is not a plain absolute path."""
         if not path.startswith("/"):
+            return None
+        # No cgroup can have such a name, and os calls raise ValueError, not OSError, on a
+        # NUL or on a lone surrogate (a str that no bytes decode to).
+        if "\0" in path or not _encodable(path):
             return None
         parts = [p for p in path.split("/") if p]
         if any(p in {".", ".."} for p in parts):
@@ -64,11 +77,15 @@ def _unescape(field: str) -> str:
 def parse_mountinfo(text: str) -> list[Mount]:
     """The cgroup and cgroup2 mounts of a mountinfo file, in its order."""
     mounts = []
-    for line in text.splitlines():
+    # show_mountinfo() escapes only space, tab, newline and backslash in paths, so a mount
+    # point may hold "\r", "\x1c" or "\xa0" raw: only "\n" ends a line and only " " ends a
+    # field, where splitlines() and split() would break at those too.
+    for line in text.split("\n"):
         before, sep, after = line.partition(" - ")
         if not sep:
             continue
-        fields, tail = before.split(), after.split()
+        fields = [f for f in before.split(" ") if f]
+        tail = [f for f in after.split(" ") if f]
         if len(fields) < 6 or len(tail) < 3 or tail[0] not in {"cgroup", "cgroup2"}:
             continue
         mounts.append(
@@ -88,8 +105,10 @@ def _parse_proc_cgroups(text: str) -> dict[str, int]:
         if line.startswith("#"):
             continue
         cols = line.split()
-        if len(cols) >= 2 and cols[1].isdigit():
-            ids[cols[0]] = int(cols[1])
+        # isascii(): isdigit() also admits digits int() rejects, such as "\u00b2".
+        if len(cols) >= 2 and cols[1].isascii() and cols[1].isdigit():
+            with contextlib.suppress(ValueError):  # too many digits to convert
+                ids[cols[0]] = int(cols[1])
     return ids
 
 
@@ -101,9 +120,12 @@ def _pick(mounts: list[Mount]) -> Mount | None:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text()
+        data = path.read_bytes()
     except OSError:
         return ""
+    # Mount points are any bytes, not always UTF-8; surrogateescape gives them back
+    # unchanged when the path is used, where read_text() raised UnicodeDecodeError.
+    return data.decode("utf-8", "surrogateescape")
 
 
 def _scan(hierarchy: Hierarchy) -> list[tuple[int, str]]:

@@ -103,7 +103,9 @@ def _limit(text: str | None) -> int | None:
     if text is None or text.strip() == "max":
         return None
     value = _int(text)
-    return value if value is not None and value < _UNLIMITED else None
+    # No limit is negative (writing -1 sets the unlimited maximum); one read as a limit
+    # would make limited_ancestor() stop at a cgroup that has none.
+    return value if value is not None and 0 <= value < _UNLIMITED else None
 
 
 def _flat_keyed(text: str | None) -> dict[str, int] | None:

@@ -130,11 +130,25 @@ def _read_stat(pid: int) -> _Stat | None:
 
 def _status(data: bytes | None) -> dict[str, str]:
     fields = {}
-    for line in (data or b"").decode("utf-8", "replace").splitlines():
+    # Only "\n" ends a line: splitlines() would also break at "\x1c" or "\x85" in a Name a
+    # process chose, and the pieces could pass for other keys.
+    for line in (data or b"").decode("utf-8", "replace").split("\n"):
         key, sep, value = line.partition(":")
         if sep:
             fields[key] = value.strip()
     return fields
+
+
+def _decimal(text: str) -> int | None:
+    """A non-negative decimal as the kernel prints it; None for anything else."""
+    # isdigit() admits digits int() rejects ("\u00b2"), and int() rejects numbers too long to
+    # convert: both are ValueErrors a reader of /proc must not raise.
+    if not (text.isascii() and text.isdigit()):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def tgid_of(tid: int) -> int | None:
@@ -147,7 +161,7 @@ def tgid_of(tid: int) -> int | None:
         tgid = _status(_read(dir_fd, "status")).get("Tgid")
     finally:
         os.close(dir_fd)
-    return int(tgid) if tgid and tgid.isdigit() else None
+    return _decimal(tgid) if tgid is not None else None
 
 
 def start_ticks(pid: int) -> int | None:
@@ -190,7 +204,8 @@ def tty_name(tty_nr: int) -> str | None:
 
 def _cgroups(data: bytes | None) -> tuple[str | None, str | None]:
     memory = unified = None
-    for line in (data or b"").decode("utf-8", "replace").splitlines():
+    # A cgroup's name may hold "\r", "\x85" or "\u2028", printed raw: only "\n" ends a line.
+    for line in (data or b"").decode("utf-8", "replace").split("\n"):
         hierarchy, sep1, rest = line.partition(":")
         controllers, sep2, path = rest.partition(":")
         if not (sep1 and sep2):
@@ -250,19 +265,19 @@ def snapshot(
         if cmdline and cmdline[-1] == "":
             cmdline.pop()
     uid_fields = status.get("Uid", "").split()
-    tgid = status.get("Tgid", "")
+    tgid = _decimal(status.get("Tgid", ""))
     memory_kb = {}
     for key in _MEMORY_KEYS:
-        value = status.get(key, "").removesuffix(" kB")
-        if value.isdigit():
-            memory_kb[key] = int(value)
+        value = _decimal(status.get(key, "").removesuffix(" kB"))
+        if value is not None:
+            memory_kb[key] = value
     memory_cgroup, unified_cgroup = _cgroups(cgroup_raw)
     return ProcSnapshot(
-        tgid=int(tgid) if tgid.isdigit() else pid,
+        tgid=tgid if tgid is not None else pid,
         start_ticks=stat.start_ticks,
         comm=stat.comm,
         cmdline=cmdline,
-        uid=int(uid_fields[0]) if uid_fields and uid_fields[0].isdigit() else None,
+        uid=_decimal(uid_fields[0]) if uid_fields else None,
         ppid=stat.ppid,
         parents=parents(stat.ppid) if with_parents else (),
         tty=tty_name(stat.tty_nr),
@@ -293,12 +308,11 @@ def top_memory_holders(pids: Iterable[int], n: int) -> list[MemoryHolder]:
         finally:
             os.close(dir_fd)
         fields = statm.split() if statm else []
-        if stat is None or len(fields) < 2:
-            continue
         # statm's second field is resident pages: anon + file + shmem, as VmRSS.
-        holders.append(
-            MemoryHolder(pid=pid, comm=stat.comm, rss_kb=int(fields[1]) * PAGE_SIZE // 1024)
-        )
+        rss_pages = _decimal(fields[1].decode("ascii", "replace")) if len(fields) >= 2 else None
+        if stat is None or rss_pages is None:
+            continue
+        holders.append(MemoryHolder(pid=pid, comm=stat.comm, rss_kb=rss_pages * PAGE_SIZE // 1024))
     return heapq.nlargest(n, holders, key=lambda h: h.rss_kb)
 
 
