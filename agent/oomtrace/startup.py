@@ -6,10 +6,12 @@ import faulthandler
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from oomtrace import log, privileges
 from oomtrace.config import ConfigError, Settings
 from oomtrace.cri.resolver import CriResolver
+from oomtrace.host import mountinfo
 from oomtrace.kernel import features
 from oomtrace.kernel.probes import LoadError, Probes, assemble, plan
 from oomtrace.metrics import Metrics
@@ -40,23 +42,19 @@ def check_privileges() -> None:
         )
 
 
-def hidepid(mountinfo: str = "/proc/self/mountinfo") -> bool:
+def hidepid(path: str = "/proc/self/mountinfo") -> bool:
     """Whether this process's /proc is mounted with hidepid= (other than 0/off)."""
     try:
-        with open(mountinfo) as f:
-            lines = f.readlines()
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
     except OSError:
         return False
-    hidden = False
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or fields[4] != "/proc" or len(tail) < 3 or tail[0] != "proc":
-            continue
-        # The last mount on /proc is the one in effect.
-        options = dict(o.partition("=")[::2] for o in tail[2].split(","))
-        hidden = options.get("hidepid", "0") not in ("0", "off")
-    return hidden
+    procs = [m for m in mountinfo.parse(text, {"proc"}) if m.mount == Path("/proc")]
+    if not procs:
+        return False
+    # The last mount on /proc is the one in effect.
+    options = dict(o.partition("=")[::2] for o in procs[-1].super_options)
+    return options.get("hidepid", "0") not in ("0", "off")
 
 
 # What the kubelet and container runtimes give themselves: the OOM killer takes

@@ -20,7 +20,7 @@ import pytest
 
 from oomtrace.host import procfs
 from oomtrace.host.cgroupfs import CgroupPaths, Hierarchy, parse_mountinfo
-from oomtrace.host.memcg import limited_ancestor, read_memcg
+from oomtrace.host.memcg import read_memcg
 
 MiB = 1024 * 1024
 
@@ -413,4 +413,3 @@ def test_process_in_cgroups(
     limited = read_memcg(memory, parent)
     assert limited is not None
     assert limited["limit_bytes"] == 64 * MiB
-    assert limited_ancestor(memory, child) == parent

@@ -10,7 +10,7 @@ import pytest
 
 from oomtrace.host import memcg
 from oomtrace.host.cgroupfs import Hierarchy
-from oomtrace.host.memcg import common_ancestor, limited_ancestor, read_memcg
+from oomtrace.host.memcg import common_ancestor, read_memcg
 
 MiB = 1024 * 1024
 V1_UNLIMITED = "9223372036854771712"  # PAGE_COUNTER_MAX pages in bytes, 4 KiB pages
@@ -333,34 +333,14 @@ def test_no_fd_leak(v1: Hierarchy) -> None:
     for _ in range(50):
         read_memcg(v1, "/kubepods/burstable/pod1234")
         read_memcg(v1, "/kubepods/gone")
-        limited_ancestor(v1, f"/kubepods/burstable/pod1234/{'b' * 64}")
     assert len(os.listdir("/proc/self/fd")) == before
 
 
-def test_limited_ancestor_v2(v2: Hierarchy) -> None:
-    assert limited_ancestor(v2, CONTAINER) == POD
-    assert limited_ancestor(v2, POD) == POD
-    assert limited_ancestor(v2, "/kubepods.slice") is None
-    assert limited_ancestor(v2, "/") is None
-    # A removed container's level is passed over.
-    assert limited_ancestor(v2, POD + "/cri-containerd-gone.scope") == POD
-    (v2.mount / CONTAINER.lstrip("/") / "memory.max").write_text(f"{128 * MiB}\n")
-    assert limited_ancestor(v2, CONTAINER) == CONTAINER
-
-
-def test_limited_ancestor_v1(v1: Hierarchy) -> None:
-    container = f"/kubepods/burstable/pod1234/{'b' * 64}"
-    assert limited_ancestor(v1, container) == "/kubepods/burstable/pod1234"
-    assert limited_ancestor(v1, "/kubepods/burstable") is None
-    assert limited_ancestor(v1, "/") is None
-
-
-def test_limited_ancestor_under_a_mount_root(tmp_path: Path) -> None:
+def test_read_memcg_under_a_mount_root(tmp_path: Path) -> None:
     # A mount of the subtree /kubepods (as in a cgroup namespace): levels above it are unseen.
     v2_cgroup(tmp_path, "/pod", f"{64 * MiB}")
     v2_cgroup(tmp_path, "/pod/ctr", "max")
     hierarchy = Hierarchy(mount=tmp_path, hierarchy_id=0, version=2, root="/kubepods")
-    assert limited_ancestor(hierarchy, "/kubepods/pod/ctr") == "/kubepods/pod"
     data = read_memcg(hierarchy, "/kubepods/pod")
     assert data is not None
     assert data["limit_bytes"] == 64 * MiB

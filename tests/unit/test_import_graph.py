@@ -46,6 +46,46 @@ LAYERING: tuple[Layer, ...] = (
             "oomtrace.pipeline",
         ),
     ),
+    # kernel -> decode -> capture -> correlate -> build -> enrich -> classify -> sinks:
+    # a step may use the vocabulary of those before it, never the steps after it.
+    Layer(
+        modules=("oomtrace.capture",),
+        why="capture reads the host for one record; joining and building come later",
+        may_not_import=(
+            "oomtrace.correlate",
+            "oomtrace.build",
+            "oomtrace.kubernetes",
+            "oomtrace.classify",
+            "oomtrace.pipeline",
+            "oomtrace.cri",
+        ),
+    ),
+    Layer(
+        modules=("oomtrace.correlate",),
+        why="the correlator joins records and their evidence; it builds nothing",
+        may_not_import=(
+            "oomtrace.build",
+            "oomtrace.kubernetes",
+            "oomtrace.classify",
+            "oomtrace.pipeline",
+            "oomtrace.cri",
+        ),
+    ),
+    Layer(
+        modules=("oomtrace.build", "oomtrace.oom"),
+        why="building an event is pure: no CRI, no pipeline, no host reads but constants",
+        may_not_import=("oomtrace.kubernetes", "oomtrace.pipeline", "oomtrace.cri"),
+    ),
+    Layer(
+        modules=("oomtrace.kubernetes", "oomtrace.classify"),
+        why="enrich and classify take a built event or its facts; they never build one",
+        may_not_import=(
+            "oomtrace.capture",
+            "oomtrace.correlate",
+            "oomtrace.build",
+            "oomtrace.pipeline",
+        ),
+    ),
     Layer(
         modules=("oomtrace.kernel",),
         why="loading programs and decoding records needs no knowledge of what is made of them",

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+
+from oomtrace.host import mountinfo
+from oomtrace.host.mountinfo import Mount
 
 __all__ = ["CgroupPaths", "Hierarchy", "parse_mountinfo"]
 
@@ -56,47 +58,9 @@ class Hierarchy:
         return self.mount.joinpath(*parts[len(root_parts) :])
 
 
-@dataclass(frozen=True, slots=True)
-class Mount:
-    """One cgroup or cgroup2 line of mountinfo."""
-
-    mount: Path
-    root: str
-    fstype: str
-    super_options: tuple[str, ...]
-
-
-_ESCAPE = re.compile(r"\\([0-7]{3})")
-
-
-def _unescape(field: str) -> str:
-    # show_mountinfo escapes space, tab, newline and backslash as \ooo.
-    return _ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
 def parse_mountinfo(text: str) -> list[Mount]:
     """The cgroup and cgroup2 mounts of a mountinfo file, in its order."""
-    mounts = []
-    # show_mountinfo() escapes only space, tab, newline and backslash in paths, so a mount
-    # point may hold "\r", "\x1c" or "\xa0" raw: only "\n" ends a line and only " " ends a
-    # field, where splitlines() and split() would break at those too.
-    for line in text.split("\n"):
-        before, sep, after = line.partition(" - ")
-        if not sep:
-            continue
-        fields = [f for f in before.split(" ") if f]
-        tail = [f for f in after.split(" ") if f]
-        if len(fields) < 6 or len(tail) < 3 or tail[0] not in {"cgroup", "cgroup2"}:
-            continue
-        mounts.append(
-            Mount(
-                mount=Path(_unescape(fields[4])),
-                root=_unescape(fields[3]),
-                fstype=tail[0],
-                super_options=tuple(tail[2].split(",")),
-            )
-        )
-    return mounts
+    return mountinfo.parse(text, {"cgroup", "cgroup2"})
 
 
 def _parse_proc_cgroups(text: str) -> dict[str, int]:

@@ -6,7 +6,7 @@ import os
 
 from oomtrace.host.cgroupfs import Hierarchy
 
-__all__ = ["ancestry", "common_ancestor", "limited_ancestor", "read_memcg", "subtree_pids"]
+__all__ = ["ancestry", "common_ancestor", "read_memcg", "subtree_pids"]
 
 # "No limit": v2 shows "max"; v1 shows PAGE_COUNTER_MAX pages in bytes (LONG_MAX rounded down
 # to a page, 9223372036854771712 with 4 KiB pages). Nobody sets a real limit this high.
@@ -104,7 +104,7 @@ def _limit(text: str | None) -> int | None:
         return None
     value = _int(text)
     # No limit is negative (writing -1 sets the unlimited maximum); one read as a limit
-    # would make limited_ancestor() stop at a cgroup that has none.
+    # would make capture take an unlimited memcg for the one whose limit was hit.
     return value if value is not None and 0 <= value < _UNLIMITED else None
 
 
@@ -177,25 +177,6 @@ def read_memcg(hierarchy: Hierarchy, path: str) -> dict[str, object] | None:
 def ancestry(path: str) -> list[str]:
     parts = [p for p in path.split("/") if p]
     return ["/" + "/".join(parts[:i]) for i in range(len(parts), -1, -1)]
-
-
-def limited_ancestor(hierarchy: Hierarchy, path: str) -> str | None:
-    """The nearest of ``path`` and its ancestors whose memory limit is finite; None if none.
-
-    Levels that cannot be read (removed, above the mount's root) are passed over.
-    """
-    name = _limit_file(hierarchy)
-    for candidate in ancestry(path):
-        dir_fd = _open_dir(hierarchy, candidate)
-        if dir_fd is None:
-            continue
-        try:
-            limit = _limit(_read(dir_fd, name))
-        finally:
-            os.close(dir_fd)
-        if limit is not None:
-            return candidate
-    return None
 
 
 def common_ancestor(a: str, b: str) -> str:

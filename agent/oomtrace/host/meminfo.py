@@ -16,8 +16,12 @@ def parse_node_pages(text: str) -> int | None:
     for line in text.splitlines():
         key, _, rest = line.partition(":")
         fields = rest.split()
-        if key in ("MemTotal", "SwapTotal") and fields and fields[0].isdigit():
-            kb[key] = int(fields[0])
+        # isascii(): isdigit() admits digits int() rejects ("\u00b2"); the length
+        # bound keeps int() from refusing a number of thousands of digits.
+        value = fields[0] if fields else ""
+        wanted = key in ("MemTotal", "SwapTotal")
+        if wanted and value.isascii() and value.isdigit() and len(value) <= 20:
+            kb[key] = int(value)
     if len(kb) != 2:
         return None
     return (kb["MemTotal"] + kb["SwapTotal"]) * 1024 // PAGE_SIZE
