@@ -13,6 +13,7 @@ named by the runtime: a bare 64-hex id (containerd, docker, cgroupfs), ``crio-<i
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -48,6 +49,9 @@ class KubeCgroup:
     role: str  # "container" | "conmon" | "pod" | "qos" | "kubepods"
 
 
+# An event's victim, trigger and OOM memcg usually share one path, and a storm
+# repeats a handful: each is parsed once. The result is immutable, so shared.
+@functools.lru_cache(maxsize=4096)
 def parse_kube_cgroup(path: str) -> KubeCgroup | None:
     """Parse a cgroup path (as in /proc/<pid>/cgroup, a cgroupfs directory, or a whole
     /proc/<pid>/cgroup line); None when it is not under a kubepods cgroup."""
