@@ -8,6 +8,7 @@ this module imports nothing else of the agent.
 
 from __future__ import annotations
 
+import base64
 from enum import StrEnum
 from typing import Any, Final
 
@@ -53,3 +54,26 @@ def pod_label(k8s: dict[str, Any]) -> str:
 def container_label(k8s: dict[str, Any]) -> str | None:
     """The container's name, or the start of its ID when the CRI gave no name."""
     return k8s.get("container") or (k8s.get("container_id") or "")[:12] or None
+
+
+def exact_text(value: str) -> tuple[str, str | None]:
+    """A name for JSON, and its exact bytes when JSON cannot hold them.
+
+    Names from the kernel and /proc are decoded as os.fsdecode() does: bytes that
+    are not UTF-8 are lone surrogates, which JSON cannot carry. Those bytes are
+    written as ``\\xNN`` in the text, and the exact bytes go, base64, in a
+    ``<field>_b64`` sibling (docs/events.md). UTF-8 text is returned as it is."""
+    if value.isascii():
+        return value, None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # Only U+DC80..U+DCFF come from undecodable bytes; any other lone
+        # surrogate is kept as the bytes Python would store for it.
+        raw = value.encode("utf-8", "surrogateescape" if _escaped_bytes(value) else "surrogatepass")
+        return raw.decode("utf-8", "backslashreplace"), base64.b64encode(raw).decode("ascii")
+    return value, None
+
+
+def _escaped_bytes(value: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in value)

@@ -307,7 +307,7 @@ def test_snapshot_reads_back_what_the_kernel_writes(
     assert snap.memory_kb == {key: values[key] for key in procfs._MEMORY_KEYS}
     assert snap.unified_cgroup == unified
     assert snap.memory_cgroup == (memory if memory is not None else unified)
-    assert snap.cmdline == [a.decode("utf-8", "replace") for a in args]
+    assert snap.cmdline == [os.fsdecode(a) for a in args]
     assert snap.oom_score_adj == -998
     assert snap.start_ticks == 777
 

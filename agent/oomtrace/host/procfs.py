@@ -3,6 +3,10 @@
 Every read of one process goes through a file descriptor of its /proc/<pid> directory: that
 directory stays bound to the process it was opened for, so once that process is reaped,
 opens under it fail instead of reading another process that reused the pid.
+
+Names (comm, argv, cgroup paths) are any bytes a process or root chose: they are
+decoded as os.fsdecode() does (bytes that are not UTF-8 become lone surrogates),
+so they stay exact and usable as paths; build.py makes them JSON-safe.
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ def _parse_stat(data: bytes | None) -> _Stat | None:
     fields = data[close_paren + 2 :].split()
     try:
         return _Stat(
-            comm=data[open_paren + 1 : close_paren].decode("utf-8", "replace"),
+            comm=data[open_paren + 1 : close_paren].decode("utf-8", "surrogateescape"),
             ppid=int(fields[1]),
             tty_nr=int(fields[4]),
             start_ticks=int(fields[19]),
@@ -205,7 +209,7 @@ def tty_name(tty_nr: int) -> str | None:
 def _cgroups(data: bytes | None) -> tuple[str | None, str | None]:
     memory = unified = None
     # A cgroup's name may hold "\r", "\x85" or "\u2028", printed raw: only "\n" ends a line.
-    for line in (data or b"").decode("utf-8", "replace").split("\n"):
+    for line in (data or b"").decode("utf-8", "surrogateescape").split("\n"):
         hierarchy, sep1, rest = line.partition(":")
         controllers, sep2, path = rest.partition(":")
         if not (sep1 and sep2):
@@ -261,7 +265,7 @@ def snapshot(
 
     cmdline = None
     if cmdline_raw is not None:
-        cmdline = [a.decode("utf-8", "replace") for a in cmdline_raw.split(b"\0")]
+        cmdline = [a.decode("utf-8", "surrogateescape") for a in cmdline_raw.split(b"\0")]
         if cmdline and cmdline[-1] == "":
             cmdline.pop()
     uid_fields = status.get("Uid", "").split()

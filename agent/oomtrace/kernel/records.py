@@ -170,7 +170,9 @@ class DecodeError(ValueError):
 
 
 def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+    # comm and cgroup names are any bytes: decoded as os.fsdecode() does, so that
+    # what is not UTF-8 stays exact (as lone surrogates); build.py makes it JSON-safe.
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
