@@ -14,6 +14,10 @@ import time
 from collections.abc import Mapping
 
 from oomtrace import log
+from oomtrace.display import printable
+
+# What `systemctl status` shows of it on one line.
+STATUS_LIMIT = 1024
 
 
 class Notifier:
@@ -45,10 +49,11 @@ class Notifier:
         return True
 
     def ready(self, status: str) -> None:
-        self.send("READY=1", f"STATUS={status}")
+        self.send("READY=1", f"STATUS={printable(status, STATUS_LIMIT)}")
 
     def status(self, text: str) -> None:
-        self.send(f"STATUS={text}")
+        # systemctl status prints it to the operator's terminal: one safe line.
+        self.send(f"STATUS={printable(text, STATUS_LIMIT)}")
 
     def reloading(self) -> None:
         # MONOTONIC_USEC tells systemd (v253+) which reload this is; older ones ignore it.
