@@ -20,6 +20,7 @@ from oomtrace.cri import api_pb2
 from oomtrace.cri.cache import StaleCache
 from oomtrace.cri.client import CriClient, detect_endpoint
 from oomtrace.cri.errors import CriBadAnswer, CriNotFound
+from oomtrace.cri.model import TEXT_MAX
 from oomtrace.cri.resolver import K8S_KEYS, CriResolver
 
 UID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
@@ -652,3 +653,24 @@ def test_a_healthy_runtime_logs_only_the_connection(server: FakeServer, make_res
         assert resolver.resolve(cgroup(CID)) == (named(), [])
         time.sleep(0.01)
     assert events == ["cri_connected"]
+
+
+# ---- hostile answers ----
+
+
+def test_huge_and_control_laden_names_are_bounded(server: FakeServer, make_resolver: Any) -> None:
+    """A runtime that answers with megabyte names full of terminal escapes: the event
+    keeps the text (JSON escapes it) up to a bound, and says how much was cut."""
+    hostile = "\x1b[2J\x1b]0;t\x07\r\n" + "x" * (1 << 20)
+    server.runtime.containers[CID] = container_pb(name=hostile, image=hostile)
+    server.runtime.sandboxes[SID].metadata.name = hostile
+    resolver = started(make_resolver(server.endpoint))
+    k8s, errors = timed_resolve(resolver, cgroup(CID))
+    assert errors == []
+    assert k8s is not None
+    for key in ("container", "image", "pod"):
+        value = k8s[key]
+        assert isinstance(value, str)
+        assert value.startswith("\x1b[2J\x1b]0;t\x07\r\n")
+        assert value.endswith(f"…[+{len(hostile) - TEXT_MAX}]")
+        assert len(value) < TEXT_MAX + 16

@@ -10,7 +10,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from oomtrace.cri.errors import CriBadAnswer
 
@@ -137,9 +137,9 @@ def _sandbox(msg: Any, *, pid: int | None) -> SandboxInfo:
     meta = msg.metadata if msg.HasField("metadata") else None
     return SandboxInfo(
         id=sandbox_id,
-        name=_first(_field(meta, "name"), labels.get(POD_NAME)),
-        namespace=_first(_field(meta, "namespace"), labels.get(POD_NAMESPACE)),
-        uid=_first(_field(meta, "uid"), labels.get(POD_UID)),
+        name=_first(_field(meta, "name"), _text(labels.get(POD_NAME))),
+        namespace=_first(_field(meta, "namespace"), _text(labels.get(POD_NAMESPACE))),
+        uid=_first(_field(meta, "uid"), _text(labels.get(POD_UID))),
         attempt=int(meta.attempt) if meta is not None else None,
         ready=int(msg.state) == 0,
         created_at=int(msg.created_at),
@@ -164,7 +164,7 @@ def _container(
     labels = _mapping(msg.labels)
     annotations = _mapping(msg.annotations)
     meta = msg.metadata if msg.HasField("metadata") else None
-    name = _first(_field(meta, "name"), labels.get(CONTAINER_NAME))
+    name = _first(_field(meta, "name"), _text(labels.get(CONTAINER_NAME)))
     return ContainerInfo(
         id=container_id,
         sandbox_id=sandbox_id,
@@ -174,9 +174,9 @@ def _container(
         image_ref=image_ref,
         state=_CONTAINER_STATES.get(int(msg.state), "unknown"),
         created_at=int(msg.created_at),
-        pod_name=labels.get(POD_NAME) or None,
-        pod_namespace=labels.get(POD_NAMESPACE) or None,
-        pod_uid=labels.get(POD_UID) or None,
+        pod_name=_text(labels.get(POD_NAME)),
+        pod_namespace=_text(labels.get(POD_NAMESPACE)),
+        pod_uid=_text(labels.get(POD_UID)),
         is_sandbox=labels.get(DOCKER_TYPE) == "podsandbox" or name == DOCKER_SANDBOX_NAME,
         labels=labels,
         annotations=annotations,
@@ -212,8 +212,18 @@ def _field(msg: Any, name: str) -> str | None:
     return None if msg is None else _text(getattr(msg, name))
 
 
+# Kubernetes names are at most 253 characters and image references a few hundred;
+# a runtime that answers with more is broken or hostile, and every event would
+# carry it. The cut says how much was left out.
+TEXT_MAX: Final = 1024
+
+
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    if not isinstance(value, str) or not value:
+        return None
+    if len(value) > TEXT_MAX:
+        return f"{value[:TEXT_MAX]}…[+{len(value) - TEXT_MAX}]"
+    return value
 
 
 def _int(value: str | None) -> int | None:
