@@ -1,0 +1,68 @@
+"""Processes that name themselves to attack an operator's terminal, for the tests
+on this machine's kernel and in the VM."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+# cgroup_mkdir() refuses a name with a newline (EINVAL); anything else goes.
+CGROUP_PREFIX = b"oomtrace-test \x1b[31mevil\r\xff"
+# 15 bytes, what comm holds: clear screen, red, a newline, and a byte that is not UTF-8.
+COMM = b"\x1b[2J\x1b[31mEV\n\xff"
+ARGV = [
+    b"\x1b]0;owned\x07",  # OSC: set the window title, ended by BEL
+    b"\x1b]52;c;cGFzdGU=\x07",  # OSC 52: write the clipboard, where a terminal allows it
+    b"ok\r2026-12-01T00:00:00Z  OOM KILL  forged",  # CR, then a forged header
+    b"line\nbreak\xfe\xff",
+]
+# Sets its comm and says so, then does what argv[2] says: sleep; kill:<pid> and
+# sleep (a sender, alive to be read); hold 36 MiB at oom_score_adj 1000 (the
+# OOM's victim); alloc 40 MiB and sleep (the OOM's trigger, alive to be read).
+NAMER = (
+    "import ctypes, os, signal, sys, time\n"
+    "ctypes.CDLL(None).prctl(15, ctypes.c_char_p(bytes.fromhex(sys.argv[1])))\n"
+    "mode = sys.argv[2]\n"
+    "if mode == 'hold':\n"
+    "    open('/proc/self/oom_score_adj', 'w').write('1000')\n"
+    "    held = bytearray(36 << 20)\n"
+    "print('named', flush=True)\n"
+    "if mode.startswith('kill:'):\n"
+    "    os.kill(int(mode[5:]), signal.SIGKILL)\n"
+    "if mode == 'alloc':\n"
+    "    more = bytearray(40 << 20)\n"
+    "    print('allocated', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+def spawn(mode: bytes, **kwargs: Any) -> subprocess.Popen[bytes]:
+    argv = [sys.executable.encode(), b"-c", NAMER.encode(), COMM.hex().encode(), mode, *ARGV]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, **kwargs)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"named"
+    assert Path(f"/proc/{proc.pid}/comm").read_bytes() == COMM + b"\n"
+    return proc
+
+
+def b64(value: str) -> bytes:
+    return base64.b64decode(value, validate=True)
+
+
+def assert_exact(proc: dict[str, Any], *, argv: bool) -> None:
+    assert b64(proc["comm_b64"]) == COMM
+    assert proc["comm"] == COMM.decode("utf-8", "backslashreplace")
+    if argv:
+        # The process was alive when its record came, so /proc gave its argv.
+        assert [b64(a) for a in proc["cmdline_b64"]][-len(ARGV) :] == ARGV
+        # Valid UTF-8 arguments are exact text, control characters and all.
+        assert proc["cmdline"][-len(ARGV)] == ARGV[0].decode()
+
+
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
