@@ -1,18 +1,41 @@
 """Records raw ring-buffer records from this machine's kernel for the unit tests.
 
-Re-record (as root, from the top of the source tree; it provokes real OOM kills
-inside a 64 MiB memory cgroup, never node-wide):
-
-    sudo .venv/bin/python tests/data/record.py [--out PATH]
-
-It loads the real probes as the agent does, pinned to the tracepoint tier (the
-one every kernel has; the kprobe tier would add an oom_kill record before each
-OOM's signal), with SIGKILL and SIGTERM traced (so signal_deliver is attached:
-SIGTERM needs it; a SIGKILL has no deliver record either way), and writes
+It loads the real probes as the agent does, with SIGKILL and SIGTERM traced (so
+signal_deliver is attached: SIGTERM needs it; a SIGKILL has no deliver record
+either way), runs the chosen scenarios and writes
 ``tests/data/records-<major.minor>.jsonl`` (or PATH), one JSON object per record,
 in ring-buffer order:
 
     {"scenario": "<name>", "hex": "<the record's bytes>"}
+
+Usage (as root, from the top of the source tree):
+
+    record.py [--tier tracepoint|kprobe|auto] [--scenarios a,b,...]
+              [--allow-node-oom] [--out PATH]
+
+--tier defaults to the tracepoint tier, the one every kernel has; the kprobe
+tier adds an oom_kill record (constraint, totalpages, chosen_points) to each
+OOM. --scenarios defaults to oom_hog,holder_allocator,sigkill,sigterm.
+
+Re-recording the files in tests/data:
+
+  records-6.18.jsonl  a 6.18 kernel with the cgroup v1 memory controller; the
+                      default scenarios, tracepoint tier. On such a machine:
+
+      sudo .venv/bin/python tests/data/record.py
+
+  records-6.1.jsonl   Debian 12's stock 6.1 kernel in the test VM (cgroup v2,
+                      kprobes); kprobe tier, every scenario but holder_allocator
+                      (there a second OOM kills the allocator too, right after
+                      the holder, so the scenario would not be what it says).
+                      The global OOM may only happen in the VM, so it runs
+                      through the VM harness, which brings .vm-results/ back:
+
+      sudo vagrant/run-suite -- 'PYTHONPATH=agent:. $OOMTRACE_VENV/bin/python \\
+          tests/data/record.py --tier kprobe --allow-node-oom \\
+          --scenarios oom_hog,sigkill,sigterm,group_kill,global_oom \\
+          --out .vm-results/records-6.1.jsonl'
+      cp .vm-results/records-6.1.jsonl tests/data/
 
 Scenarios, each in its own cgroup or with its own processes:
   oom_hog           a Python hog in a 64 MiB memcg, OOM-killed by its own charge
@@ -21,31 +44,52 @@ Scenarios, each in its own cgroup or with its own processes:
                     victim, the allocator the trigger
   sigkill           `kill -9` of a sleep
   sigterm           `kill -TERM` of a sleep
+  group_kill        (cgroup v2) a 64 MiB memcg with memory.oom.group=1: three idle
+                    holders (one at oom_score_adj 1000, 16 MiB; two at 0, 4 MiB)
+                    and a growing allocator. The allocator triggers the OOM, the
+                    preferred holder is the chosen victim, and the kernel kills
+                    every member, the allocator included
+  global_oom        a node-wide OOM: a hog in a cgroup without a limit grows
+                    until the kernel kills it. Only with --allow-node-oom, on a
+                    machine that may lose any process to it (the recorder itself
+                    is protected with oom_score_adj -1000 meanwhile)
 
 Only records that name a process started here (as target, victim or trigger),
 and the cgroup_mkdir records of the cgroups made here, are kept: anything else
-the node does meanwhile is left out.
+the node does meanwhile is left out. In a global OOM the trigger is whichever
+task's allocation failed first, so a record may name another task as trigger.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.support.memcg import Memcg
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 MiB = 1 << 20
 
 HOG = "x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n"
-HOLDER = "import time\nb = bytearray(36 << 20)\nprint('held', flush=True)\ntime.sleep(120)\n"
 ALLOCATOR = "b = bytearray(40 << 20)\n"
+
+Scenario = Callable[[set[int], set[str]], None]
+
+
+def _holder(mib: int) -> str:
+    return f"import time\nb = bytearray({mib} << 20)\nprint('held', flush=True)\ntime.sleep(120)\n"
 
 
 def _with_adj(adj: int, code: str) -> list[str]:
@@ -53,17 +97,40 @@ def _with_adj(adj: int, code: str) -> list[str]:
     return [sys.executable, "-c", prologue + code]
 
 
+def _start_holder(group: Memcg, adj: int, mib: int) -> subprocess.Popen[bytes]:
+    """An idle process that holds `mib` MiB in `group`, returned once it does."""
+    holder = subprocess.Popen(
+        _with_adj(adj, _holder(mib)), preexec_fn=group.preexec, stdout=subprocess.PIPE
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+    return holder
+
+
+@contextmanager
+def _unkillable() -> Iterator[None]:
+    """A node-wide OOM picks from every process; the recorder must outlive it to
+    read the records. Children inherit the value until they set their own."""
+    own = Path("/proc/self/oom_score_adj")
+    before = own.read_text().strip()
+    own.write_text("-1000")
+    try:
+        yield
+    finally:
+        own.write_text(before)
+
+
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, tier: str) -> None:
         from oomtrace.kernel import features, probes
 
         tracefs = features.find_tracefs(mount=True)
         plan = probes.plan(
             features.probe_kernel(tracefs),
-            tier="tracepoint",
+            tier=tier,
             signals=frozenset({signal.SIGKILL, signal.SIGTERM}),
         )
         self.probes = probes.Probes(plan)
+        print(f"tier {plan.tier}: {', '.join(plan.hooks)}", file=sys.stderr)
         self.raw: list[bytes] = []
         self.probes.open(self.raw.append)
 
@@ -72,9 +139,7 @@ class Recorder:
         while time.monotonic() < end:
             self.probes.poll(100)
 
-    def run(
-        self, name: str, scenario: Callable[[set[int], set[str]], None]
-    ) -> list[dict[str, str]]:
+    def run(self, name: str, scenario: Scenario) -> list[dict[str, str]]:
         """Runs one scenario; keeps the records naming its pids or its cgroups."""
         from oomtrace.kernel import records
 
@@ -86,6 +151,7 @@ class Recorder:
         self.poll(1.5)
         decoder = records.RecordDecoder()
         kept = []
+        kinds: list[str] = []
         for data in self.raw[start:]:
             rec = decoder.decode(data)
             if isinstance(rec, records.CgroupRecord):
@@ -102,7 +168,8 @@ class Recorder:
                 keep = False
             if keep:
                 kept.append({"scenario": name, "hex": data.hex()})
-        print(f"{name}: {len(kept)} records", file=sys.stderr)
+                kinds.append(records.KIND_NAMES[int.from_bytes(data[:2], "little")])
+        print(f"{name}: {len(kept)} records: {' '.join(kinds)}", file=sys.stderr)
         return kept
 
 
@@ -121,18 +188,48 @@ def holder_allocator(pids: set[int], cgroups: set[str]) -> None:
 
     with memcg(64 * MiB) as group:
         cgroups.add(group.path.name)
-        holder = subprocess.Popen(
-            _with_adj(1000, HOLDER), preexec_fn=group.preexec, stdout=subprocess.PIPE
-        )
+        holder = _start_holder(group, 1000, 36)
         pids.add(holder.pid)
-        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
         allocator = subprocess.Popen(_with_adj(0, ALLOCATOR), preexec_fn=group.preexec)
         pids.add(allocator.pid)
         assert allocator.wait(timeout=60) == 0
         assert holder.wait(timeout=10) == -signal.SIGKILL
 
 
-def _kill_sleep(sig: str, expected: int) -> Callable[[set[int], set[str]], None]:
+def group_kill(pids: set[int], cgroups: set[str]) -> None:
+    from tests.support.memcg import memcg
+
+    with memcg(64 * MiB) as group:
+        if group.version != 2:
+            raise SystemExit("group_kill needs cgroup v2 (memory.oom.group)")
+        cgroups.add(group.path.name)
+        (group.path / "memory.oom.group").write_text("1")
+        # The adj-1000 holder is the chosen victim whatever the others hold, so
+        # the kprobe's victim differs from the trigger; the rest die as members.
+        holders = [_start_holder(group, adj, mib) for adj, mib in ((1000, 16), (0, 4), (0, 4))]
+        pids.update(h.pid for h in holders)
+        allocator = subprocess.Popen(_with_adj(0, HOG), preexec_fn=group.preexec)
+        pids.add(allocator.pid)
+        # Slow emulated machines take their time over the OOM report.
+        assert allocator.wait(timeout=300) == -signal.SIGKILL
+        for holder in holders:
+            assert holder.wait(timeout=60) == -signal.SIGKILL
+
+
+def global_oom(pids: set[int], cgroups: set[str]) -> None:
+    from tests.support.memcg import memcg
+
+    # A cgroup without a limit, so the kill is the node's (constraint none, no
+    # OOM memcg) while the hog still has a cgroup of its own to be told apart.
+    with _unkillable(), memcg(None) as group:
+        cgroups.add(group.path.name)
+        hog = subprocess.Popen(_with_adj(0, HOG), preexec_fn=group.preexec)
+        pids.add(hog.pid)
+        # Filling all of RAM, page cache reclaim first, is slow under emulation.
+        assert hog.wait(timeout=900) == -signal.SIGKILL
+
+
+def _kill_sleep(sig: str, expected: int) -> Scenario:
     def scenario(pids: set[int], _cgroups: set[str]) -> None:
         victim = subprocess.Popen(["sleep", "300"])
         pids.add(victim.pid)
@@ -143,19 +240,61 @@ def _kill_sleep(sig: str, expected: int) -> Callable[[set[int], set[str]], None]
     return scenario
 
 
+SCENARIOS: dict[str, Scenario] = {
+    "oom_hog": oom_hog,
+    "holder_allocator": holder_allocator,
+    "sigkill": _kill_sleep("KILL", signal.SIGKILL),
+    "sigterm": _kill_sleep("TERM", signal.SIGTERM),
+    "group_kill": group_kill,
+    "global_oom": global_oom,
+}
+DEFAULT_SCENARIOS = ("oom_hog", "holder_allocator", "sigkill", "sigterm")
+NODE_WIDE = frozenset({"global_oom"})
+
+
+def _scenario_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {', '.join(unknown) or '(none)'}; known: {', '.join(SCENARIOS)}"
+        )
+    return names
+
+
 def main() -> None:
     release = ".".join(platform.release().split(".")[:2])
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", type=Path, default=HERE / f"records-{release}.jsonl")
-    out: Path = parser.parse_args().out
+    parser.add_argument("--tier", choices=("tracepoint", "kprobe", "auto"), default="tracepoint")
+    parser.add_argument(
+        "--scenarios",
+        type=_scenario_list,
+        default=list(DEFAULT_SCENARIOS),
+        help=f"comma-separated, run in this order (default: {','.join(DEFAULT_SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--allow-node-oom",
+        action="store_true",
+        help="required for global_oom, which may kill any process on the machine",
+    )
+    args = parser.parse_args()
+    node_wide = NODE_WIDE.intersection(args.scenarios)
+    if node_wide and not args.allow_node_oom:
+        parser.error(
+            f"{', '.join(sorted(node_wide))} exhausts the node's memory; "
+            "--allow-node-oom where any process may be lost to it"
+        )
+    if os.geteuid() != 0:
+        parser.error("loading the probes and making cgroups needs root")
     sys.path.insert(0, str(ROOT))
-    recorder = Recorder()
+    recorder = Recorder(args.tier)
     lines: list[dict[str, str]] = []
-    lines += recorder.run("oom_hog", oom_hog)
-    lines += recorder.run("holder_allocator", holder_allocator)
-    lines += recorder.run("sigkill", _kill_sleep("KILL", signal.SIGKILL))
-    lines += recorder.run("sigterm", _kill_sleep("TERM", signal.SIGTERM))
+    for name in args.scenarios:
+        lines += recorder.run(name, SCENARIOS[name])
     recorder.probes.close()
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(line) + "\n" for line in lines))
     print(f"wrote {len(lines)} records to {out}", file=sys.stderr)
 
