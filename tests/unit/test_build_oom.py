@@ -19,7 +19,14 @@ import pytest
 from oomtrace.capture import NO_EVIDENCE, Evidence, Holder, MemcgCapture, Seen
 from oomtrace.config import Settings
 from oomtrace.host.procfs import Parent, ProcSnapshot
-from oomtrace.kernel.records import ExitRecord, MarkVictimRecord, Record, Task
+from oomtrace.kernel.records import (
+    CgroupRecord,
+    ExitRecord,
+    MarkVictimRecord,
+    OomKillRecord,
+    Record,
+    Task,
+)
 from oomtrace.pipeline import Agent
 from oomtrace.schema import Event
 from oomtrace.sinks.stream import StreamSink
@@ -168,3 +175,132 @@ def test_every_recorded_oom_builds_one_event(scenario: str) -> None:
     events = replay(HOST[scenario], memcg_oom_evidence)
     assert [e["type"] for e in events] == ["oom_kill"]
     assert events[0]["victim"]["exit"]["code"] == 137
+
+
+# -- a memory.oom.group kill, recorded on Debian's 6.1 (cgroup v2, kprobe tier) ----------
+
+VM = scenarios("6.1")
+GROUP = VM["group_kill"]
+GROUP_MEMCG = next(r.path for r in GROUP if isinstance(r, CgroupRecord))
+GROUP_KPROBE = next(r for r in GROUP if isinstance(r, OomKillRecord))
+GROWER_CMDLINE = ["python3", "-c", "grow until the group's limit"]
+# Read by capture right after the kill, when the members' memory is going.
+GROUP_HOLDERS = (
+    Holder(pid=504, comm="python3", rss_kb=30000, oom_score_adj=0, cgroup=GROUP_MEMCG),
+    Holder(pid=502, comm="python3", rss_kb=4000, oom_score_adj=0, cgroup=GROUP_MEMCG),
+    Holder(pid=503, comm="python3", rss_kb=3900, oom_score_adj=0, cgroup=GROUP_MEMCG),
+)
+
+
+def group_evidence(record: Record) -> Evidence:
+    if isinstance(record, OomKillRecord):
+        limit = 64 * MiB
+        return Evidence(
+            trigger=Seen(
+                snapshot(record.trigger, GROWER_CMDLINE, parents=SHELL), GROUP_MEMCG, parents=SHELL
+            ),
+            memcg=MemcgCapture(
+                trigger_memcg=GROUP_MEMCG,
+                oom_memcg=GROUP_MEMCG,
+                source="kprobe",
+                stats={GROUP_MEMCG: memcg_stat(GROUP_MEMCG, limit, limit, 62 * MiB, 1 * MiB)},
+            ),
+            holders=GROUP_HOLDERS,
+            node_pages=503_533,
+        )
+    if isinstance(record, MarkVictimRecord):
+        # The marks' own readings come later and are not the OOM's: the kprobe's win.
+        return Evidence(memcg=None, holders=(), node_pages=1)
+    if isinstance(record, ExitRecord):
+        return Evidence(victim=Seen(None, GROUP_MEMCG))
+    return NO_EVIDENCE
+
+
+def test_group_kill_from_recorded_records() -> None:
+    events = replay(GROUP, group_evidence, tier="kprobe")
+    assert [e["type"] for e in events] == ["oom_kill"] * 4
+    by_pid = {e["victim"]["pid"]: e for e in events}
+    assert set(by_pid) == {501, 502, 503, 504}
+    chosen = by_pid[GROUP_KPROBE.victim_tgid]
+    assert chosen["group_kill"] is False
+    assert all(e["group_kill"] for pid, e in by_pid.items() if pid != 501)
+    assert len({e["oom"]["context_id"] for e in events}) == 1
+    for event in events:
+        oom = event["oom"]
+        # From the kprobe's evidence, for every member.
+        assert oom["memcg"] == GROUP_MEMCG
+        assert oom["memcg_source"] == "kprobe"
+        assert oom["memcg_stat"]["limit_bytes"] == 64 * MiB
+        assert oom["scope"] == "cgroup"
+        assert event["trigger"]["pid"] == 504
+        assert event["trigger"]["cmdline"] == GROWER_CMDLINE
+        assert event["victim"]["cgroup"] == GROUP_MEMCG
+        assert event["victim"]["exit"]["code"] == 137
+        assert {h["pid"] for h in oom["top_holders"]} >= {502, 503}
+        assert oom["victim_badness"]["total_pages"] == GROUP_KPROBE.totalpages
+    # Only the chosen victim carries the kernel's own points.
+    assert chosen["oom"]["victim_badness"]["points"] == GROUP_KPROBE.chosen_points
+    assert by_pid[502]["oom"]["victim_badness"]["points"] is None
+    assert "with the process it chose" in by_pid[502]["explanation"]
+    assert f"memcg {GROUP_MEMCG} reached its 64 MiB limit" in chosen["explanation"]
+
+
+# -- a global OOM, recorded on Debian's 6.1 (kprobe tier; and replayed as tracepoints) ---
+
+GLOBAL = VM["global_oom"]
+GLOBAL_MEMCG = next(r.path for r in GLOBAL if isinstance(r, CgroupRecord))
+GLOBAL_KPROBE = next(r for r in GLOBAL if isinstance(r, OomKillRecord))
+NODE_PAGES = 6_291_456  # 24 GiB of RAM + swap, in 4 KiB pages
+DATABASE = Holder(pid=700, comm="postgres", rss_kb=512 * 1024, oom_score_adj=-900, cgroup="/db")
+CACHE = Holder(pid=701, comm="memcached", rss_kb=256 * 1024, oom_score_adj=0, cgroup="/cache")
+
+
+def global_evidence(record: Record) -> Evidence:
+    if isinstance(record, OomKillRecord | MarkVictimRecord):
+        return Evidence(
+            trigger=Seen(snapshot(record.trigger, ["python3", "-c", "hog"]), GLOBAL_MEMCG),
+            # No limited memcg: capture read the trigger's levels and found none at a limit.
+            memcg=MemcgCapture(
+                trigger_memcg=GLOBAL_MEMCG,
+                oom_memcg=None,
+                source=None,
+                stats={},
+                kernel_saw_no_limit=isinstance(record, MarkVictimRecord),
+            ),
+            holders=(DATABASE, CACHE),
+            node_pages=NODE_PAGES,
+        )
+    if isinstance(record, ExitRecord):
+        return Evidence(victim=Seen(None, GLOBAL_MEMCG))
+    return NO_EVIDENCE
+
+
+@pytest.mark.parametrize("tier", ["kprobe", "tracepoint"])
+def test_global_oom_with_top_holders_and_badness(tier: str) -> None:
+    records = [r for r in GLOBAL if tier == "kprobe" or not isinstance(r, OomKillRecord)]
+    [event] = replay(records, global_evidence, tier=tier)
+    oom = event["oom"]
+    assert oom["memcg"] is None
+    assert oom["scope"] == "node"
+    assert "the node ran out of memory (global OOM)" in event["explanation"]
+    mark = next(r for r in GLOBAL if isinstance(r, MarkVictimRecord))
+    assert mark.victim_memory is not None
+    victim_kb = mark.victim_memory.anon_rss_kb
+    # The node's largest holders, from the evidence; the victim at its size when chosen.
+    assert [(h["comm"], h["rss_kb"], h.get("victim", False)) for h in oom["top_holders"]] == [
+        ("python", victim_kb, True),
+        ("postgres", 512 * 1024, False),
+        ("memcached", 256 * 1024, False),
+    ]
+    badness = oom["victim_badness"]
+    assert badness["rss_pages"] == victim_kb // 4
+    assert badness["pgtables_pages"] == mark.victim_memory.pgtables_kb // 4
+    if tier == "kprobe":
+        # The kernel's totalpages and its own points.
+        assert oom["constraint"] == "global"
+        assert badness["total_pages"] == GLOBAL_KPROBE.totalpages
+        assert badness["points"] == GLOBAL_KPROBE.chosen_points
+    else:
+        # Without the kprobe, RAM + swap as /proc/meminfo gave them at the kill.
+        assert badness["total_pages"] == NODE_PAGES
+        assert badness["points"] is None
