@@ -13,7 +13,7 @@ from oomtrace.config import ConfigError, Settings
 from oomtrace.cri.resolver import CriResolver
 from oomtrace.host import mountinfo
 from oomtrace.kernel import features
-from oomtrace.kernel.probes import LoadError, Probes, assemble, plan
+from oomtrace.kernel.probes import LoadError, Plan, Probes, assemble, plan
 from oomtrace.metrics import Metrics
 from oomtrace.notify import Notifier
 from oomtrace.pipeline import Agent
@@ -83,10 +83,11 @@ def _probe() -> features.KernelFeatures:
     return features.probe_kernel(tracefs)
 
 
-def print_ebpf(settings: Settings) -> int:
+def _plan(settings: Settings) -> tuple[features.KernelFeatures, Plan]:
+    """What this kernel offers, and the programs to load on it."""
     kernel = _probe()
     try:
-        p = plan(
+        return kernel, plan(
             kernel,
             tier=settings.tier,
             ringbuf_pages=settings.ringbuf_pages,
@@ -94,6 +95,10 @@ def print_ebpf(settings: Settings) -> int:
         )
     except (LoadError, ValueError) as exc:
         fail(str(exc))
+
+
+def print_ebpf(settings: Settings) -> int:
+    _kernel, p = _plan(settings)
     sys.stdout.write(assemble(p))
     return 0
 
@@ -128,14 +133,8 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
     notifier = Notifier()
     lifecycle = Lifecycle(settings, sinks, notifier, reload or (lambda: settings))
     lifecycle.install_reload_handler()
-    kernel = _probe()
+    kernel, p = _plan(settings)
     try:
-        p = plan(
-            kernel,
-            tier=settings.tier,
-            ringbuf_pages=settings.ringbuf_pages,
-            signals=settings.signals,
-        )
         probes = Probes(p)
     except LoadError as exc:
         fail(str(exc))

@@ -8,7 +8,6 @@ operator's terminal would get it, holds no control byte but its own line breaks.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,8 +20,7 @@ import pytest
 
 from oomtrace.display import is_printable
 from tests.support.agent import AgentProcess, repo_root, victim_pid
-from tests.support.hostile import CGROUP_PREFIX, COMM, assert_exact, b64, spawn, stop
-from tests.support.memcg import memcg
+from tests.support.hostile import COMM, assert_exact, oom_in_hostile_memcg, spawn, stop
 
 pytestmark = pytest.mark.kernel
 
@@ -96,27 +94,9 @@ def test_hostile_names_signal_and_oom(agents: tuple[AgentProcess, TextAgent]) ->
     assert is_printable(killed["explanation"])
     assert "\\x1b[2J\\x1b[31mEV\\n\\xff" in killed["explanation"]
 
-    # An OOM kill in a 64 MiB memcg root named with a space, an escape, a CR and a
-    # byte that is not UTF-8: a namer holds, another allocates.
-    with memcg(64 * MiB, prefix=os.fsdecode(CGROUP_PREFIX)) as group:
-        cgroup = os.fsencode(group.cgroup_path)
-        holder = spawn(b"hold", preexec_fn=group.preexec)
-        allocator = spawn(b"alloc", preexec_fn=group.preexec)
-        try:
-            assert allocator.stdout is not None
-            assert allocator.stdout.readline().strip() == b"allocated"
-            assert holder.wait(timeout=30) == -signal.SIGKILL
-            oom = json_agent.wait_for(victim_pid(holder.pid), what="the OOM kill of the namer")
-        finally:
-            stop(holder, allocator)
-    assert oom["type"] == "oom_kill"
-    assert oom["trigger"]["pid"] == allocator.pid
-    assert_exact(oom["victim"], argv=False)
-    assert_exact(oom["trigger"], argv=True)
-    assert b64(oom["victim"]["cgroup_b64"]) == cgroup
-    assert b64(oom["oom"]["memcg_b64"]) == cgroup
-    assert oom["oom"]["memcg"] == cgroup.decode("utf-8", "backslashreplace")
-    assert is_printable(oom["explanation"])
+    _oom, _cgroup, holder, _allocator = oom_in_hostile_memcg(
+        lambda pid: [json_agent.wait_for(victim_pid(pid), what="the OOM kill of the namer")]
+    )
     # Every event the agent wrote is JSON that parses.
     for event in json_agent.events:
         orjson.loads(orjson.dumps(event))
@@ -124,6 +104,6 @@ def test_hostile_names_signal_and_oom(agents: tuple[AgentProcess, TextAgent]) ->
     time.sleep(1.0)  # the text agent's events are written when the kills complete
     view = text_agent.stop()
     _assert_text_view_is_safe(
-        view, ["\\x1b[2J\\x1b[31mEV\\n\\xff", f"pid {victim.pid}", f"pid {holder.pid}"]
+        view, ["\\x1b[2J\\x1b[31mEV\\n\\xff", f"pid {victim.pid}", f"pid {holder}"]
     )
     assert COMM not in view

@@ -4,10 +4,18 @@ on this machine's kernel and in the VM."""
 from __future__ import annotations
 
 import base64
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from oomtrace.display import is_printable
+from tests.support.memcg import memcg
+
+MiB = 1 << 20
 
 # cgroup_mkdir() refuses a name with a newline (EINVAL); anything else goes.
 CGROUP_PREFIX = b"oomtrace-test \x1b[31mevil\r\xff"
@@ -66,3 +74,33 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def oom_in_hostile_memcg(
+    wait_for: Callable[[int], list[dict[str, Any]]],
+) -> tuple[list[dict[str, Any]], bytes, int, int]:
+    """An OOM kill in a 64 MiB memcg named with a space, an escape, a CR and a byte
+    that is not UTF-8: a namer holds (the victim), another allocates (the trigger).
+    `wait_for(victim pid)` returns the agents' events of it. Returns them, the
+    cgroup path's bytes, the victim's pid and the trigger's."""
+    with memcg(64 * MiB, prefix=os.fsdecode(CGROUP_PREFIX)) as group:
+        cgroup = os.fsencode(group.cgroup_path)
+        holder = spawn(b"hold", preexec_fn=group.preexec)
+        allocator = spawn(b"alloc", preexec_fn=group.preexec)
+        try:
+            assert allocator.stdout is not None
+            assert allocator.stdout.readline().strip() == b"allocated"
+            assert holder.wait(timeout=60) == -signal.SIGKILL
+            events = wait_for(holder.pid)
+        finally:
+            stop(holder, allocator)
+    for event in events:
+        assert event["type"] == "oom_kill"
+        assert event["trigger"]["pid"] == allocator.pid
+        assert_exact(event["victim"], argv=False)
+        assert_exact(event["trigger"], argv=True)
+        assert b64(event["victim"]["cgroup_b64"]) == cgroup
+        assert b64(event["oom"]["memcg_b64"]) == cgroup
+        assert event["oom"]["memcg"] == cgroup.decode("utf-8", "backslashreplace")
+        assert is_printable(event["explanation"])
+    return events, cgroup, holder.pid, allocator.pid

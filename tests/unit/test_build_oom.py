@@ -72,6 +72,33 @@ def memcg_stat(path: str, limit: int, usage: int, anon: int, file: int) -> dict[
     }
 
 
+def limit_hit(
+    trigger: Task,
+    cmdline: list[str],
+    memcg: str,
+    source: str,
+    *,
+    anon: int,
+    holders: tuple[Holder, ...],
+    node_pages: int,
+) -> Evidence:
+    """What capture attaches to the record that tells of a 64 MiB memcg at its limit:
+    the trigger alive, the memcg's files, the holders of its subtree."""
+    limit = 64 * MiB
+    parents = (Parent(trigger.ppid, "python3"), Parent(1, "systemd"))
+    return Evidence(
+        trigger=Seen(snapshot(trigger, cmdline, parents=parents), memcg, parents=parents),
+        memcg=MemcgCapture(
+            trigger_memcg=memcg,
+            oom_memcg=memcg,
+            source=source,
+            stats={memcg: memcg_stat(memcg, limit, limit, anon, limit - anon - MiB)},
+        ),
+        holders=holders,
+        node_pages=node_pages,
+    )
+
+
 def replay(records: list[Record], evidence: Evidencer, *, tier: str = "tracepoint") -> list[Event]:
     """The events of `records`, built by the agent's own pipeline steps."""
     probes: Any = types.SimpleNamespace(plan=types.SimpleNamespace(tier=tier))
@@ -91,24 +118,18 @@ HOLDER_ALLOCATOR = HOST["holder_allocator"]
 MEMCG = next(r.path for r in HOLDER_ALLOCATOR if hasattr(r, "path"))
 MARK = next(r for r in HOLDER_ALLOCATOR if isinstance(r, MarkVictimRecord))
 ALLOCATOR_CMDLINE = ["python3", "-c", "b = bytearray(40 << 20)"]
-SHELL = (Parent(MARK.trigger.ppid, "python3"), Parent(1, "systemd"))
 # A process of the same memcg that the OOM killer passed over.
 BYSTANDER = Holder(pid=4242, comm="idle", rss_kb=2048, oom_score_adj=0, cgroup=MEMCG)
 
 
 def memcg_oom_evidence(record: Record) -> Evidence:
     if isinstance(record, MarkVictimRecord):
-        limit = 64 * MiB
-        return Evidence(
-            trigger=Seen(
-                snapshot(record.trigger, ALLOCATOR_CMDLINE, parents=SHELL), MEMCG, parents=SHELL
-            ),
-            memcg=MemcgCapture(
-                trigger_memcg=MEMCG,
-                oom_memcg=MEMCG,
-                source="kernel_counters",
-                stats={MEMCG: memcg_stat(MEMCG, limit, limit, 60 * MiB, 3 * MiB)},
-            ),
+        return limit_hit(
+            record.trigger,
+            ALLOCATOR_CMDLINE,
+            MEMCG,
+            "kernel_counters",
+            anon=60 * MiB,
             holders=(BYSTANDER,),
             node_pages=6_000_000,
         )
@@ -194,17 +215,12 @@ GROUP_HOLDERS = (
 
 def group_evidence(record: Record) -> Evidence:
     if isinstance(record, OomKillRecord):
-        limit = 64 * MiB
-        return Evidence(
-            trigger=Seen(
-                snapshot(record.trigger, GROWER_CMDLINE, parents=SHELL), GROUP_MEMCG, parents=SHELL
-            ),
-            memcg=MemcgCapture(
-                trigger_memcg=GROUP_MEMCG,
-                oom_memcg=GROUP_MEMCG,
-                source="kprobe",
-                stats={GROUP_MEMCG: memcg_stat(GROUP_MEMCG, limit, limit, 62 * MiB, 1 * MiB)},
-            ),
+        return limit_hit(
+            record.trigger,
+            GROWER_CMDLINE,
+            GROUP_MEMCG,
+            "kprobe",
+            anon=62 * MiB,
             holders=GROUP_HOLDERS,
             node_pages=503_533,
         )
