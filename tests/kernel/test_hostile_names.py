@@ -94,7 +94,7 @@ def test_hostile_names_signal_and_oom(agents: tuple[AgentProcess, TextAgent]) ->
     assert is_printable(killed["explanation"])
     assert "\\x1b[2J\\x1b[31mEV\\n\\xff" in killed["explanation"]
 
-    _oom, _cgroup, holder, _allocator = oom_in_hostile_memcg(
+    _oom, _cgroup, holder = oom_in_hostile_memcg(
         lambda pid: [json_agent.wait_for(victim_pid(pid), what="the OOM kill of the namer")]
     )
     # Every event the agent wrote is JSON that parses.

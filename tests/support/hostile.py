@@ -29,7 +29,8 @@ ARGV = [
 ]
 # Sets its comm and says so, then does what argv[2] says: sleep; kill:<pid> and
 # sleep (a sender, alive to be read); hold 36 MiB at oom_score_adj 1000 (the
-# OOM's victim); alloc 40 MiB and sleep (the OOM's trigger, alive to be read).
+# OOM's victim); alloc 40 MiB and sleep (the OOM's trigger, alive to be read);
+# hog: grow until killed.
 NAMER = (
     "import ctypes, os, signal, sys, time\n"
     "ctypes.CDLL(None).prctl(15, ctypes.c_char_p(bytes.fromhex(sys.argv[1])))\n"
@@ -43,6 +44,10 @@ NAMER = (
     "if mode == 'alloc':\n"
     "    more = bytearray(40 << 20)\n"
     "    print('allocated', flush=True)\n"
+    "if mode == 'hog':\n"
+    "    x = []\n"
+    "    while True:\n"
+    "        x.append(bytearray(1 << 20))\n"
     "time.sleep(120)\n"
 )
 
@@ -77,30 +82,37 @@ def stop(*procs: subprocess.Popen[bytes]) -> None:
 
 
 def oom_in_hostile_memcg(
-    wait_for: Callable[[int], list[dict[str, Any]]],
-) -> tuple[list[dict[str, Any]], bytes, int, int]:
+    wait_for: Callable[[int], list[dict[str, Any]]], *, separate_trigger: bool = True
+) -> tuple[list[dict[str, Any]], bytes, int]:
     """An OOM kill in a 64 MiB memcg named with a space, an escape, a CR and a byte
-    that is not UTF-8: a namer holds (the victim), another allocates (the trigger).
-    `wait_for(victim pid)` returns the agents' events of it. Returns them, the
-    cgroup path's bytes, the victim's pid and the trigger's."""
+    that is not UTF-8. With `separate_trigger`, a namer holds (the victim) and another
+    allocates and lives on (the trigger, whose argv is read); else one namer grows
+    until it is killed (where the victim's memory is freed slowly, as under software
+    emulation, a second OOM would take a separate allocator too). `wait_for(victim
+    pid)` returns the agents' events of it. Returns them, the cgroup path's bytes and
+    the victim's pid."""
     with memcg(64 * MiB, prefix=os.fsdecode(CGROUP_PREFIX)) as group:
         cgroup = os.fsencode(group.cgroup_path)
-        holder = spawn(b"hold", preexec_fn=group.preexec)
-        allocator = spawn(b"alloc", preexec_fn=group.preexec)
+        if separate_trigger:
+            victim = spawn(b"hold", preexec_fn=group.preexec)
+            trigger = spawn(b"alloc", preexec_fn=group.preexec)
+        else:
+            victim = trigger = spawn(b"hog", preexec_fn=group.preexec)
         try:
-            assert allocator.stdout is not None
-            assert allocator.stdout.readline().strip() == b"allocated"
-            assert holder.wait(timeout=60) == -signal.SIGKILL
-            events = wait_for(holder.pid)
+            if separate_trigger:
+                assert trigger.stdout is not None
+                assert trigger.stdout.readline().strip() == b"allocated"
+            assert victim.wait(timeout=60) == -signal.SIGKILL
+            events = wait_for(victim.pid)
         finally:
-            stop(holder, allocator)
+            stop(victim, trigger)
     for event in events:
         assert event["type"] == "oom_kill"
-        assert event["trigger"]["pid"] == allocator.pid
+        assert event["trigger"]["pid"] == trigger.pid
         assert_exact(event["victim"], argv=False)
-        assert_exact(event["trigger"], argv=True)
+        assert_exact(event["trigger"], argv=separate_trigger)
         assert b64(event["victim"]["cgroup_b64"]) == cgroup
         assert b64(event["oom"]["memcg_b64"]) == cgroup
         assert event["oom"]["memcg"] == cgroup.decode("utf-8", "backslashreplace")
         assert is_printable(event["explanation"])
-    return events, cgroup, holder.pid, allocator.pid
+    return events, cgroup, victim.pid

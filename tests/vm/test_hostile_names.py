@@ -26,7 +26,7 @@ def test_hostile_cgroup_and_process_names_on_v2(agents: dict[str, AgentProcess])
             for tier, agent in agents.items()
         ]
 
-    events, _cgroup, _victim, _trigger = oom_in_hostile_memcg(both_tiers)
+    events, _cgroup, _victim = oom_in_hostile_memcg(both_tiers, separate_trigger=False)
     assert len(events) == 2
     for event in events:
         assert b64(event["trigger"]["comm_b64"]) == COMM

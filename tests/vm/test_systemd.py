@@ -30,7 +30,7 @@ pytestmark = pytest.mark.vm
 
 ROOT = repo_root()
 PREFIX = Path("/opt/oomtrace")
-UNIT = Path("/etc/systemd/system/oomtrace.pipeline")
+UNIT = Path("/etc/systemd/system/oomtrace.service")
 CONFIG = Path("/etc/oomtrace/oomtrace.toml")
 LOGS = Path("/var/log/oomtrace")
 WHEELHOUSE = Path("/opt/oomtrace-wheelhouse")
@@ -158,7 +158,7 @@ def installed() -> Iterator[None]:
 
 def test_install_puts_package_unit_and_config_in_place() -> None:
     assert (PREFIX / "bin/oomtrace").is_file()
-    assert UNIT.read_text() == (ROOT / "systemd/oomtrace.pipeline").read_text()
+    assert UNIT.read_text() == (ROOT / "systemd/oomtrace.service").read_text()
     assert CONFIG.read_text() == default_config()
     assert run(PREFIX / "bin/oomtrace", "config", "check", CONFIG).stdout == (
         f"{CONFIG}: valid (sinks: stdout; metrics: off)\n"
@@ -166,7 +166,7 @@ def test_install_puts_package_unit_and_config_in_place() -> None:
     assert run("systemctl", "is-enabled", "oomtrace").stdout.strip() == "enabled"
     assert show("ActiveState")["ActiveState"] == "inactive"
     verify = run("systemd-analyze", "verify", UNIT, check=False)
-    assert "oomtrace.pipeline" not in verify.stderr, verify.stderr
+    assert "oomtrace.service" not in verify.stderr, verify.stderr
 
 
 # -- readiness, status, the journal -------------------------------------------------------
@@ -369,7 +369,7 @@ def test_watchdog_restarts_a_frozen_agent() -> None:
     assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
     assert after["StatusText"].startswith("tracing (")
     journal = run("journalctl", "-u", "oomtrace", "--no-pager", "-o", "cat").stdout
-    assert "oomtrace.pipeline: Watchdog timeout (limit 30s)!" in journal
+    assert "oomtrace.service: Watchdog timeout (limit 30s)!" in journal
     stop()
 
 
@@ -443,7 +443,7 @@ def test_uninstall_removes_everything() -> None:
     assert not PREFIX.exists()
     assert not UNIT.exists()
     assert not CONFIG.exists()
-    assert not Path("/etc/systemd/system/multi-user.target.wants/oomtrace.pipeline").exists()
+    assert not Path("/etc/systemd/system/multi-user.target.wants/oomtrace.service").exists()
     assert run("systemctl", "cat", "oomtrace", check=False).returncode != 0
     # Events the service wrote are kept unless --purge.
     assert LOGS.is_dir()
