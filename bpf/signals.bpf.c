@@ -46,11 +46,14 @@ struct oomtrace_pending {
 #ifdef OOMTRACE_NEEDS_DELIVER
 /* Generated, not yet delivered: keyed by target thread id. LRU, so a
  * signal whose target never runs again cannot fill the map. */
-BPF_TABLE("lru_hash", u32, struct oomtrace_pending, pending_signals, 16384);
+BPF_TABLE("lru_hash", u32, struct oomtrace_pending, pending_signals, OOMTRACE_PENDING_MAX);
 #endif
 
-/* Delivered (or a queued SIGKILL), exit not yet seen: keyed by tgid. */
-BPF_TABLE("lru_hash", u32, struct oomtrace_pending, dying, 16384);
+/* Delivered (or a queued SIGKILL), exit not yet seen: keyed by tgid. As many
+ * as the agent follows (OOMTRACE_PENDING_MAX, from the loader): a smaller map
+ * would forget the exits of the oldest kills when more wait together, as in a
+ * frozen cgroup. */
+BPF_TABLE("lru_hash", u32, struct oomtrace_pending, dying, OOMTRACE_PENDING_MAX);
 
 /* Where a queued signal waits for the next record of its kill. */
 static __always_inline void oomtrace_signal_queued(int sig, const struct oomtrace_task_view *target,

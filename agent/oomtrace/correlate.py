@@ -24,6 +24,7 @@ from typing import Final, assert_never
 from oomtrace.capture import NO_EVIDENCE, Evidence
 from oomtrace.exits import ProcExit
 from oomtrace.kernel.records import (
+    PENDING_KILLS_MAX,
     CgroupRecord,
     DeliverRecord,
     ExitRecord,
@@ -125,7 +126,7 @@ class CorrelatorStats:
 class Correlator:
     window_ns: int = DEFAULT_WINDOW_NS
     exit_wait_ns: int = DEFAULT_EXIT_WAIT_NS
-    max_pending: int = 65536
+    max_pending: int = PENDING_KILLS_MAX
     stats: CorrelatorStats = field(default_factory=CorrelatorStats)
     # Kills waiting for their deliver/exit, keyed by (generate ktime, sender tgid):
     # the kernel copies that pair into the deliver and exit records.

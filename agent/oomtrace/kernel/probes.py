@@ -17,7 +17,7 @@ from oomtrace.host.procfs import PAGE_SIZE
 from oomtrace.kernel import loader, records
 from oomtrace.kernel.features import KernelFeatures, find_symbol
 from oomtrace.kernel.loader import Compiled, RawCallback
-from oomtrace.kernel.records import REC_DELIVER, REC_KINDS
+from oomtrace.kernel.records import PENDING_KILLS_MAX, REC_DELIVER, REC_KINDS
 from oomtrace.sigdefs import SIGKILL, signal_mask
 
 # Defined with the loader, which raises it from a compile; planning raises it too.
@@ -94,6 +94,7 @@ def plan(
         raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
     defines = {
         "OOMTRACE_RINGBUF_PAGES": str(ringbuf_pages),
+        "OOMTRACE_PENDING_MAX": str(PENDING_KILLS_MAX),
         "PAGE_SIZE": f"{PAGE_SIZE}UL",
     }
     missing: dict[str, str] = {}

@@ -33,6 +33,13 @@ REC_CGROUP_MKDIR: Final = 5
 REC_OOM_KILL: Final = 6
 REC_KINDS: Final = 8
 
+# Kills followed at once, from their signal to their exit: the size of the BPF
+# programs' maps of pending kills and the correlator's bound alike, so that the
+# kernel never forgets a kill the agent still waits for. A frozen cgroup or a
+# task stuck in D state holds its SIGKILL until it runs again, so a whole node's
+# processes can be pending together.
+PENDING_KILLS_MAX: Final = 65536
+
 TASK_NO_OFFSETS: Final = 1
 TASK_READ_FAILED: Final = 2
 
