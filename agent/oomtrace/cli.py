@@ -23,6 +23,7 @@ from oomtrace.config import (
     parse_endpoint,
 )
 from oomtrace.sigdefs import parse_signal_list
+from oomtrace.sinks.kinds import SINK_KINDS
 from oomtrace.usage import fail
 
 DESCRIPTION = """\
@@ -185,29 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="events on stdout, the journal under systemd (default: on)",
     )
-    out.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        action="append",
-        metavar="PATH",
-        help="also append JSON lines to PATH, mode 0640; reopened on SIGHUP and when "
-        "moved away by logrotate (repeatable)",
-    )
-    out.add_argument(
-        "--unix-socket",
-        type=Path,
-        action="append",
-        metavar="PATH",
-        help="also send JSON lines to a log shipper's unix stream socket (repeatable)",
-    )
-    out.add_argument(
-        "--tcp",
-        type=_flag(parse_endpoint),
-        action="append",
-        metavar="HOST:PORT",
-        help="also send JSON lines to a log shipper over TCP, e.g. 127.0.0.1:5140 (repeatable)",
-    )
+    for kind in SINK_KINDS:
+        names = [f"--{kind.key.replace('_', '-')}"]
+        out.add_argument(
+            *([kind.short_flag] if kind.short_flag else []),
+            *names,
+            type=_flag(kind.parse),
+            action="append",
+            metavar=kind.metavar,
+            help=kind.help,
+        )
     out.add_argument(
         "--sink-queue-size",
         type=_positive(int),

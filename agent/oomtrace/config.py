@@ -97,6 +97,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     cri_endpoint: str | None = None
+    # The [causes] table: (sender comm, cause) pairs, checked by configfile.
+    causes: tuple[tuple[str, str], ...] = ()
     config_file: Path | None = None
 
     def validate(self) -> Settings:
@@ -122,10 +124,6 @@ class Settings:
         _positive("stats_interval", self.stats_interval)
         for pid in self.pids:
             _positive("pid", pid)
-        for path in self.outputs:
-            check_output_path(path)
-        for path in self.unix_sockets:
-            check_socket_path(path)
         for cgroup in self.cgroups:
             if not cgroup.startswith("/"):
                 raise ConfigError(

@@ -25,7 +25,9 @@ from oomtrace.config import (
     check_resolvable,
     parse_endpoint,
 )
+from oomtrace.schema import Cause
 from oomtrace.sigdefs import parse_signal, parse_signal_list
+from oomtrace.sinks.kinds import SINK_KINDS
 
 ENV_PREFIX: Final = "OOMTRACE_"
 CONFIG_ENV: Final = "OOMTRACE_CONFIG"
@@ -98,12 +100,38 @@ def _list_of(item: Parser, example: str) -> Parser:
     return parse
 
 
-def _path(value: object) -> Path:
-    return Path(_string(value))
+def _target(parse: Callable[[str], object]) -> Parser:
+    return lambda value: parse(_string(value))
 
 
-def _endpoint(value: object) -> Endpoint:
-    return parse_endpoint(_string(value))
+# The kernel keeps 15 bytes of a comm (TASK_COMM_LEN less its NUL).
+COMM_MAX_BYTES: Final = 15
+
+
+def _causes(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError(
+            f'must be a table of sender comm = cause, like [causes] "my-guard" = '
+            f'"userspace_oom_killer", not {_type_name(value)}'
+        )
+    known = ", ".join(c.value for c in Cause)
+    pairs = []
+    for comm, cause in value.items():
+        if not comm:
+            raise ValueError("a sender's comm cannot be empty")
+        if len(comm.encode()) > COMM_MAX_BYTES:
+            raise ValueError(
+                f"{comm!r} is longer than {COMM_MAX_BYTES} bytes: the kernel cuts every "
+                "comm to 15, so it could never match"
+            )
+        if not isinstance(cause, str) or cause not in {c.value for c in Cause}:
+            raise ValueError(f"{comm!r}: {cause!r} is not a cause (one of: {known})")
+        pairs.append((comm, cause))
+    return tuple(sorted(pairs))
+
+
+def _env_causes(_text: str) -> tuple[tuple[str, str], ...]:
+    raise ValueError("the [causes] table is set in the configuration file only")
 
 
 def _listen(value: object) -> Endpoint | None:
@@ -148,9 +176,6 @@ def _env_list(item: Callable[[str], object]) -> EnvParser:
     return lambda text: tuple(item(part.strip()) for part in text.split(",") if part.strip())
 
 
-_PATHS = _list_of(_path, '["/var/log/oomtrace/events.jsonl"]')
-_SOCKETS = _list_of(_path, '["/run/shipper/oomtrace.sock"]')
-_ENDPOINTS = _list_of(_endpoint, '["127.0.0.1:5140"]')
 _CGROUPS = _list_of(_string, '["/kubepods"]')
 
 
@@ -171,9 +196,17 @@ KEYS: Final[dict[str, Key]] = {
         Key("signals", "signals", _signals, parse_signal_list, live=False),
         Key("format", "format", _string, str.strip, live=True),
         Key("stdout", "stdout", _boolean, _env_bool, live=True),
-        Key("output", "outputs", _PATHS, _env_list(_path), live=True),
-        Key("unix_socket", "unix_sockets", _SOCKETS, _env_list(_path), live=True),
-        Key("tcp", "tcp", _ENDPOINTS, _env_list(_endpoint), live=True),
+        *(
+            # Sinks come and go on SIGHUP.
+            Key(
+                kind.key,
+                kind.field,
+                _list_of(_target(kind.parse), kind.example),
+                _env_list(kind.parse),
+                live=True,
+            )
+            for kind in SINK_KINDS
+        ),
         Key("sink_queue_size", "sink_queue_size", _integer, _env_number(int), live=True),
         Key("sink_overflow", "sink_overflow", _string, str.strip, live=True),
         Key("metrics_listen", "metrics_listen", _listen, _listen, live=False),
@@ -187,6 +220,7 @@ KEYS: Final[dict[str, Key]] = {
         Key("log_level", "log_level", _string, str.strip, live=False),
         Key("log_format", "log_format", _string, str.strip, live=False),
         Key("cri_endpoint", "cri_endpoint", _optional_string, _optional_string, live=False),
+        Key("causes", "causes", _causes, _env_causes, live=True),
     )
 }
 _BY_FIELD: Final = {k.field: k for k in KEYS.values()}
@@ -280,8 +314,9 @@ def load(
     fields = {(KEYS[name].field if name in KEYS else name): v for name, v in merged.items()}
     try:
         settings = Settings(**fields, config_file=config).validate()  # type: ignore[arg-type]
-        for endpoint in settings.tcp:
-            check_resolvable(endpoint, "tcp")
+        for kind in SINK_KINDS:
+            for target in getattr(settings, kind.field):
+                kind.check(target)
         if settings.metrics_listen is not None:
             check_resolvable(settings.metrics_listen, "metrics_listen")
     except ConfigError as exc:
@@ -301,7 +336,12 @@ def render(settings: Settings) -> str:
     """The effective settings as TOML (what `oomtrace config show` prints)."""
     lines = []
     for key in KEYS.values():
-        lines.append(f"{key.name} = {_toml_value(getattr(settings, key.field))}")
+        value = getattr(settings, key.field)
+        if key.name == "causes":
+            table = ", ".join(f"{_toml_value(c)} = {_toml_value(v)}" for c, v in value)
+            lines.append(f"causes = {{{table}}}")
+            continue
+        lines.append(f"{key.name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -38,7 +38,7 @@ from oomtrace.kernel.features import KernelVocabulary
 from oomtrace.kernel.probes import Probes
 from oomtrace.kernel.records import KIND_NAMES, DecodeError, RecordDecoder
 from oomtrace.kubernetes import KubernetesEnricher
-from oomtrace.schema import Event
+from oomtrace.schema import Cause, Event
 from oomtrace.sinks import Accounted, Sink
 
 # While kills wait for their exit or window, deadlines are checked this often;
@@ -92,6 +92,11 @@ class EventFilter:
         return prefix in ("/", path) or path.startswith(prefix + "/")
 
 
+def rules_of(settings: Settings) -> Rules:
+    """The classifier's rules, with the configuration's [causes] table."""
+    return Rules(configured={comm: Cause(cause) for comm, cause in settings.causes})
+
+
 class Agent:
     def __init__(
         self,
@@ -116,7 +121,7 @@ class Agent:
         self.clock = Clock()
         self.builder = EventBuilder(self.clock, probes.plan.tier, vocabulary=vocabulary)
         self.kubernetes = KubernetesEnricher(k8s)
-        self.rules = Rules()
+        self.rules = rules_of(settings)
         self.filter = EventFilter(settings.pids, settings.cgroups)
         self.decoder = RecordDecoder()
         self.counters = Counters()

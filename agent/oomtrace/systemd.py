@@ -18,7 +18,7 @@ from typing import Final
 from oomtrace import configfile, log
 from oomtrace.config import ConfigError, Settings
 from oomtrace.notify import Notifier
-from oomtrace.pipeline import Agent, EventFilter
+from oomtrace.pipeline import Agent, EventFilter, rules_of
 from oomtrace.sinks.fanout import SinkSet
 
 STATUS_S: Final = 10.0
@@ -95,6 +95,7 @@ class Lifecycle:
         self.sinks.reopen()
         if self._agent is not None:
             self._agent.filter = EventFilter(new.pids, new.cgroups)
+            self._agent.rules = rules_of(new)
         changed = configfile.changed_keys(self.settings, new)
         later = [k for k in changed if k not in configfile.live_keys()]
         if later:

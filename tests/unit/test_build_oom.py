@@ -99,10 +99,16 @@ def limit_hit(
     )
 
 
-def replay(records: list[Record], evidence: Evidencer, *, tier: str = "tracepoint") -> list[Event]:
+def replay(
+    records: list[Record],
+    evidence: Evidencer,
+    *,
+    tier: str = "tracepoint",
+    settings: Settings | None = None,
+) -> list[Event]:
     """The events of `records`, built by the agent's own pipeline steps."""
     probes: Any = types.SimpleNamespace(plan=types.SimpleNamespace(tier=tier))
-    agent = Agent(Settings(), probes, [StreamSink(io.BytesIO(), fmt="json")])
+    agent = Agent(settings or Settings(), probes, [StreamSink(io.BytesIO(), fmt="json")])
     kills = []
     for record in records:
         kills += agent.correlator.feed(record, evidence(record))
@@ -320,3 +326,15 @@ def test_global_oom_with_top_holders_and_badness(tier: str) -> None:
         # Without the kprobe, RAM + swap as /proc/meminfo gave them at the kill.
         assert badness["total_pages"] == NODE_PAGES
         assert badness["points"] is None
+
+
+def test_configured_cause_names_a_sender() -> None:
+    """The configuration's [causes] table decides before the built-in names."""
+    sigkill = HOST["sigkill"]
+    [plain] = replay(sigkill, lambda _record: NO_EVIDENCE)
+    assert plain["cause"] == "process"
+    settings = Settings(causes=(("kill", "userspace_oom_killer"),))
+    [named] = replay(sigkill, lambda _record: NO_EVIDENCE, settings=settings)
+    assert named["sender"]["comm"] == "kill"
+    assert named["cause"] == "userspace_oom_killer"
+    assert "by the userspace OOM killer kill" in named["explanation"]

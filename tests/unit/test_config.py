@@ -373,3 +373,45 @@ def test_live_and_restart_keys() -> None:
     old = Settings()
     new = Settings(tcp=(Endpoint("127.0.0.1", 1),), tier="tracepoint")
     assert configfile.changed_keys(old, new) == ["tcp", "tier"]
+
+
+# -- [causes] ---------------------------------------------------------------------------
+
+
+def test_causes_table(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "oomtrace.toml",
+        '[causes]\n"my-oom-guard" = "userspace_oom_killer"\n"deployer" = "runtime_stop"\n',
+    )
+    settings = load(config=config).settings
+    assert settings.causes == (
+        ("deployer", "runtime_stop"),
+        ("my-oom-guard", "userspace_oom_killer"),
+    )
+    again = write(tmp_path / "shown.toml", configfile.render(settings))
+    assert load(config=again).settings.causes == settings.causes
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[causes]\n"guard" = "oom"', "causes: 'guard': 'oom' is not a cause (one of: oom_kill, "),
+        ('[causes]\n"guard" = 3', "causes: 'guard': 3 is not a cause"),
+        (
+            '[causes]\n"a-very-long-guard" = "manual"',
+            "causes: 'a-very-long-guard' is longer than 15 bytes: the kernel cuts every comm",
+        ),
+        ('[causes]\n"" = "manual"', "causes: a sender's comm cannot be empty"),
+        ('causes = "manual"', "causes: must be a table of sender comm = cause"),
+    ],
+)
+def test_bad_causes_stop_start_up(tmp_path: Path, text: str, message: str) -> None:
+    config = write(tmp_path / "oomtrace.toml", text + "\n")
+    error = error_of(config=config)
+    assert error.startswith(f"{config}: {message}"), error
+    assert "\n" not in error
+
+
+def test_causes_are_not_read_from_the_environment() -> None:
+    error = error_of(environ={"OOMTRACE_CAUSES": "x=manual"})
+    assert "the [causes] table is set in the configuration file only" in error

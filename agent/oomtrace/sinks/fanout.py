@@ -13,20 +13,18 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from oomtrace import log
-from oomtrace.config import ConfigError, Endpoint, Settings
+from oomtrace.config import ConfigError, Settings
 from oomtrace.schema import Event
-from oomtrace.sinks.file import FileTransport
+from oomtrace.sinks.kinds import BY_NAME, SINK_KINDS
 from oomtrace.sinks.queued import CLOSE_TIMEOUT_S, QueuedSink, Transport
-from oomtrace.sinks.sockets import TcpTransport, UnixTransport
 from oomtrace.sinks.stream import FdTransport, encoder
 
 
 @dataclass(frozen=True, slots=True)
 class SinkSpec:
-    kind: str  # stdout, file, unix or tcp
+    kind: str  # "stdout", or a SinkKind's name (sinks/kinds.py)
     target: str
     fmt: str = "json"
 
@@ -43,9 +41,8 @@ def specs(settings: Settings, *, stdout_is_tty: bool | None = None) -> list[Sink
             tty = sys.stdout.isatty() if stdout_is_tty is None else stdout_is_tty
             fmt = "text" if tty else "json"
         out.append(SinkSpec("stdout", "", fmt))
-    out += [SinkSpec("file", str(p)) for p in dict.fromkeys(settings.outputs)]
-    out += [SinkSpec("unix", str(p)) for p in dict.fromkeys(settings.unix_sockets)]
-    out += [SinkSpec("tcp", str(e)) for e in dict.fromkeys(settings.tcp)]
+    for kind in SINK_KINDS:
+        out += [SinkSpec(kind.name, str(t)) for t in dict.fromkeys(getattr(settings, kind.field))]
     return out
 
 
@@ -57,18 +54,15 @@ def open_sink(spec: SinkSpec, settings: Settings) -> QueuedSink:
     connected = False
     if spec.kind == "stdout":
         transport = FdTransport(sys.stdout.fileno())
-    elif spec.kind == "file":
-        transport = FileTransport(Path(spec.target))
-        try:
-            transport.connect()
-        except OSError as exc:
-            raise ConfigError(_open_failure(spec.target, exc), key="output") from None
-        connected = True
-    elif spec.kind == "unix":
-        transport = UnixTransport(Path(spec.target))
     else:
-        host, _, port = spec.target.rpartition(":")
-        transport = TcpTransport(Endpoint(host.strip("[]"), int(port)))
+        kind = BY_NAME[spec.kind]
+        transport = kind.transport(spec.target)
+        if kind.opens_at_start:
+            try:
+                transport.connect()
+            except OSError as exc:
+                raise ConfigError(_open_failure(spec.target, exc), key=kind.key) from None
+            connected = True
     return QueuedSink(
         transport,
         encoder(spec.fmt),
