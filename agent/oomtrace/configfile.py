@@ -249,10 +249,24 @@ def config_path(flag: Path | None, environ: Mapping[str, str]) -> Path | None:
     return Path(named) if named else None
 
 
+# The commented default is about 4 KiB; a file of a megabyte is a mistake (a log
+# or a binary named by --config), and is refused before it is parsed. TOML has no
+# aliases or references, so what is read is all that is parsed.
+CONFIG_MAX_BYTES: Final = 1 << 20
+
+
 def read_file(path: Path) -> dict[str, object]:
     """The file's settings, typed; unknown keys and wrong types raise ConfigError."""
     try:
-        data = tomllib.loads(path.read_text())
+        with path.open("rb") as f:
+            raw = f.read(CONFIG_MAX_BYTES + 1)
+        if len(raw) > CONFIG_MAX_BYTES:
+            raise ConfigError(
+                f"{path}: larger than {CONFIG_MAX_BYTES // 1024} KiB; not a configuration file"
+            )
+        if b"\0" in raw:
+            raise ConfigError(f"{path}: holds NUL bytes; not a text file")
+        data = tomllib.loads(raw.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -415,3 +415,15 @@ def test_bad_causes_stop_start_up(tmp_path: Path, text: str, message: str) -> No
 def test_causes_are_not_read_from_the_environment() -> None:
     error = error_of(environ={"OOMTRACE_CAUSES": "x=manual"})
     assert "the [causes] table is set in the configuration file only" in error
+
+
+def test_huge_or_binary_files_are_refused_before_parsing(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.toml"
+    huge.write_text("# " + "x" * (configfile.CONFIG_MAX_BYTES + 10) + "\n")
+    assert error_of(config=huge) == f"{huge}: larger than 1024 KiB; not a configuration file"
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\x7fELF\x02\x01\x01\0\0\0")
+    assert error_of(config=binary) == f"{binary}: holds NUL bytes; not a text file"
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'cri_endpoint = "caf\xe9"\n')
+    assert error_of(config=latin) == f"{latin}: not a UTF-8 text file"
