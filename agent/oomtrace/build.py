@@ -10,7 +10,6 @@ later steps (kubernetes.py, classify.py).
 
 from __future__ import annotations
 
-import base64
 import socket
 import time
 from datetime import UTC, datetime
@@ -24,7 +23,7 @@ from oomtrace.host.procfs import PAGE_SIZE, Parent, ProcSnapshot
 from oomtrace.kernel import features
 from oomtrace.kernel.features import KernelVocabulary
 from oomtrace.kernel.records import OomKillRecord, Task
-from oomtrace.schema import ROLES, SCHEMA, Event, exact_text
+from oomtrace.schema import SCHEMA, Event
 from oomtrace.sigdefs import GENERATE_RESULTS, code_name, kernel_generated, signal_name
 
 TOP_HOLDERS: Final = 5
@@ -113,7 +112,6 @@ class EventBuilder:
             snap = seen.snapshot if seen else None
             event["sender"]["tty"] = kill.signal.sender_tty or (snap.tty if snap else None)
         event["enrichment"] = {"errors": errors}
-        _exact_names(event)
         return event
 
     # -- roles -----------------------------------------------------------------
@@ -391,54 +389,3 @@ def with_verdict(event: Event, verdict: Verdict) -> Event:
 
 def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) else None
-
-
-# -- names JSON can carry ---------------------------------------------------------
-
-_NAME_KEYS: Final = ("comm", "cgroup", "tty")
-
-
-def _exact_names(event: Event) -> None:
-    """Every name a process or root chose, in a form JSON carries: text with bytes
-    that are not UTF-8 as \\xNN, and those names' exact bytes in `<key>_b64`."""
-    for role in ROLES:
-        proc = event.get(role)
-        if proc:
-            _exact(proc, _NAME_KEYS)
-            _exact_argv(proc)
-            for parent in proc.get("parents") or ():
-                _exact(parent, ("comm",))
-    oom_part = event.get("oom")
-    if oom_part:
-        _exact(oom_part, ("memcg",))
-        for holder in oom_part["top_holders"]:
-            _exact(holder, ("comm", "cgroup"))
-        if oom_part.get("chosen"):
-            _exact(oom_part["chosen"], ("comm",))
-        if oom_part.get("memcg_stat"):
-            _exact(oom_part["memcg_stat"], ("path",))
-
-
-def _exact(obj: Event, keys: tuple[str, ...]) -> None:
-    for key in keys:
-        value = obj.get(key)
-        if isinstance(value, str) and not value.isascii():
-            text, raw = exact_text(value)
-            obj[key] = text
-            if raw is not None:
-                obj[f"{key}_b64"] = raw
-
-
-def _exact_argv(proc: Event) -> None:
-    argv = proc.get("cmdline")
-    if not argv or all(a.isascii() for a in argv):
-        return
-    exact = [exact_text(a) for a in argv]
-    proc["cmdline"] = [text for text, _ in exact]
-    if any(raw is not None for _, raw in exact):
-        # One entry per argument, so the arguments' boundaries survive.
-        proc["cmdline_b64"] = [raw if raw is not None else _b64(text) for text, raw in exact]
-
-
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")

@@ -52,6 +52,10 @@ def printable(value: object, limit: int = DEFAULT_LIMIT) -> str:
         text = value.decode("utf-8", "surrogateescape")
     else:
         text = value if isinstance(value, str) else str(value)
+    # str.isprintable() is False for every character escaped below (control,
+    # format, separator, surrogate): one C call for the common case.
+    if len(text) <= limit and text.isprintable():
+        return text
     cut = ""
     if len(text) > limit:
         cut = f"…[+{len(text) - limit}]"

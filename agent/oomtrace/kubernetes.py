@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from oomtrace.schema import ROLES, Event, exact_text
+from oomtrace.schema import ROLES, Event
 
 
 class K8sResolver(Protocol):
@@ -45,8 +45,7 @@ class KubernetesEnricher:
             return None
         k8s, problems = self.resolver.resolve(cgroup)
         for problem in problems:
-            # A problem may quote a cgroup path that is not UTF-8.
-            line = exact_text(f"{role}: {problem}")[0]
+            line = f"{role}: {problem}"
             # The holders often share a pod: one line per problem is enough.
             if role != "top_holders" or line not in errors:
                 errors.append(line)

@@ -77,3 +77,35 @@ def exact_text(value: str) -> tuple[str, str | None]:
 
 def _escaped_bytes(value: str) -> bool:
     return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in value)
+
+
+def json_safe(value: Any) -> Any:
+    """A copy of an event that JSON can carry: every name that is not UTF-8 as
+    text with ``\\xNN``, and its exact bytes in a ``<key>_b64`` sibling (for a
+    list, such as `cmdline`, one entry per item). Only an event that orjson
+    refused needs it, so the common case pays nothing."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out[key] = json_safe(item)
+            raw = _raw_of(item)
+            if raw is not None:
+                out[f"{key}_b64"] = raw
+        return out
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, str):
+        return exact_text(value)[0]
+    return value
+
+
+def _raw_of(value: Any) -> str | list[str] | None:
+    """The base64 sibling of a name, or of a list of names, that is not UTF-8."""
+    if isinstance(value, str):
+        return exact_text(value)[1]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        exact = [exact_text(v) for v in value]
+        if any(raw is not None for _, raw in exact):
+            utf8 = (base64.b64encode(t.encode()).decode("ascii") for t, _ in exact)
+            return [raw if raw is not None else b for (_, raw), b in zip(exact, utf8, strict=True)]
+    return None

@@ -5,6 +5,7 @@ configuration file of any bytes."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from oomtrace.host import procfs
 from oomtrace.text import render
 from tests.support.wait import wait_until
 
+SLEEP = "import time; time.sleep(300)"
 PROPERTY = settings(max_examples=200, derandomize=True, database=None, deadline=None)
 
 
@@ -27,9 +29,9 @@ PROPERTY = settings(max_examples=200, derandomize=True, database=None, deadline=
 def long_argv(request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[bytes]]:
     # One argument may hold at most 128 KiB (MAX_ARG_STRLEN): four of 32 KiB.
     args = ["x" * (32 << 10)] * 4 if request.param == "128KiB" else ["\x1b"] * 10_000
-    proc = subprocess.Popen(["sleep", "300", *args])
+    proc = subprocess.Popen([sys.executable, "-c", SLEEP, *args])
     try:
-        wait_until(lambda: Path(f"/proc/{proc.pid}/cmdline").read_bytes().startswith(b"sleep"))
+        wait_until(lambda: SLEEP.encode() in Path(f"/proc/{proc.pid}/cmdline").read_bytes())
         yield proc
     finally:
         proc.kill()
@@ -39,7 +41,7 @@ def long_argv(request: pytest.FixtureRequest) -> Iterator[subprocess.Popen[bytes
 def test_a_huge_command_line_is_read_to_its_bound(long_argv: subprocess.Popen[bytes]) -> None:
     snap = procfs.snapshot(long_argv.pid)
     assert snap is not None and snap.cmdline is not None
-    assert snap.cmdline[:2] == ["sleep", "300"]
+    assert snap.cmdline[:3] == [sys.executable, "-c", SLEEP]
     read = sum(len(a) + 1 for a in snap.cmdline)
     assert read <= procfs.CMDLINE_MAX + 1
     assert len(snap.cmdline) <= procfs.CMDLINE_MAX // 2 + 1

@@ -8,7 +8,7 @@ from typing import BinaryIO
 
 import orjson
 
-from oomtrace.schema import Event
+from oomtrace.schema import Event, json_safe
 from oomtrace.text import render
 
 
@@ -20,7 +20,11 @@ def write_all(fd: int, data: bytes) -> None:
 
 
 def json_line(event: Event) -> bytes:
-    return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+    try:
+        return orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        # A name that is not UTF-8 (a lone surrogate, as os.fsdecode() gives it).
+        return orjson.dumps(json_safe(event), option=orjson.OPT_APPEND_NEWLINE)
 
 
 def text_block(event: Event) -> bytes:
