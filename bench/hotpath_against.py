@@ -4,7 +4,9 @@ once in this tree, in turn, so the machine's drift falls on both alike.
 
 The measurement is the agent's own `Agent._process` on one SIGKILL's two records
 (signal, exit), sink included, with the victim gone (the storm case: /proc reads
-fail fast) and alive (its /proc is read), built by each tree's own test helper.
+fail fast) and alive (its /proc is read), built by each tree's own test helper:
+as instructions under valgrind's callgrind, which a busy or throttled machine
+does not change, and as wall time.
 
     .venv/bin/python -m bench.hotpath_against REV [--rounds 7]   (no root needed)
 """
@@ -67,6 +69,57 @@ print(json.dumps({"gone": gone, "alive": alive}))
 """
 
 
+# Processes N kills of one case, for an instruction count: callgrind's total for
+# N = 1200 less that for N = 200 is 1000 kills, start-up and imports cancelled.
+COUNT_CHILD = r"""
+import io, subprocess, sys, time, types
+from tests.unit.test_hot_path import GONE_PID, kill_records, _start_ns
+from oomtrace.config import Settings
+try:
+    from oomtrace.pipeline import Agent
+except ImportError:
+    from oomtrace.service import Agent
+from oomtrace.sinks.stream import StreamSink
+
+case, n = sys.argv[1], int(sys.argv[2])
+sleeper = None
+if case == "alive":
+    sleeper = subprocess.Popen(["sleep", "300"])
+    time.sleep(0.2)
+    victim, start_ns = sleeper.pid, _start_ns(sleeper.pid)
+else:
+    victim, start_ns = GONE_PID, 12345 * 10**7
+probes = types.SimpleNamespace(plan=types.SimpleNamespace(tier="tracepoint"))
+agent = Agent(Settings(), probes, [StreamSink(io.BytesIO(), fmt="json")])
+for batch in [kill_records(victim, start_ns) for _ in range(n)]:
+    for raw in batch:
+        agent._process(raw)
+if sleeper is not None:
+    sleeper.kill()
+"""
+COUNT_RUNS = (200, 1200)
+CALLGRIND = ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null")
+
+
+def instructions(tree: Path, case: str) -> float:
+    """Instructions per kill under callgrind: the same for the same code, whatever
+    else the machine does."""
+    totals = []
+    for n in COUNT_RUNS:
+        done = subprocess.run(
+            [*CALLGRIND, sys.executable, "-c", COUNT_CHILD, case, str(n)],
+            cwd=tree,
+            env={**os.environ, "PYTHONPATH": f"{tree / 'agent'}{os.pathsep}{tree}"},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=1200,
+        )
+        collected = [line for line in done.stderr.splitlines() if "Collected :" in line]
+        totals.append(int(collected[-1].rsplit(":", 1)[1]))
+    return (totals[1] - totals[0]) / (COUNT_RUNS[1] - COUNT_RUNS[0])
+
+
 def measure(tree: Path, seconds: float) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": f"{tree / 'agent'}{os.pathsep}{tree}"}
     done = subprocess.run(
@@ -109,6 +162,10 @@ def main() -> None:
             ["git", "worktree", "add", "--detach", "--quiet", str(base), rev], cwd=ROOT, check=True
         )
         try:
+            counted = {
+                name: {case: instructions(tree, case) for case in ("gone", "alive")}
+                for name, tree in ((rev, base), ("this tree", ROOT))
+            }
             results: dict[str, list[dict[str, float]]] = {rev: [], "this tree": []}
             for r in range(rounds):
                 # ABAB, then BABA: neither tree always runs first.
@@ -128,7 +185,19 @@ def main() -> None:
         rows.append(
             [f"victim {case}", f"{old:.1f}", f"{new:.1f}", f"{(new / old - 1) * 100:+.1f}%"]
         )
+    counts = []
+    for case in ("gone", "alive"):
+        old, new = counted[rev][case], counted["this tree"][case]
+        summary[case] |= {"before_instructions": old, "after_instructions": new}
+        counts.append(
+            [f"victim {case}", f"{old:,.0f}", f"{new:,.0f}", f"{(new / old - 1) * 100:+.1f}%"]
+        )
     report = common.Report("Hot path against a revision (bench.hotpath_against)")
+    report.add(
+        "Instructions per SIGKILL under callgrind (deterministic; 1000 kills)",
+        ["case", f"{rev} (before)", f"{head} + working tree (after)", "after vs before"],
+        counts,
+    )
     report.add(
         f"Agent._process per SIGKILL (2 records -> 1 JSON line), us, median of {rounds} rounds",
         ["case", f"{rev} (before)", f"{head} + working tree (after)", "after vs before"],

@@ -366,14 +366,16 @@ def kill_facts(event: Event, kill: Kill) -> Facts:
 
 
 def _party(proc: Event) -> Party:
+    # Positional: it runs for two roles of every event.
+    parents = proc.get("parents")
     return Party(
-        pid=proc.get("pid"),
-        comm=proc.get("comm"),
-        uid=proc.get("uid"),
-        cgroup=proc.get("cgroup"),
-        k8s=proc.get("k8s"),
-        tty=proc.get("tty"),
-        parents=tuple(p.get("comm") or "" for p in proc.get("parents") or ()),
+        proc["pid"],
+        proc["comm"],
+        proc.get("uid"),
+        proc.get("cgroup"),
+        proc.get("k8s"),
+        proc.get("tty"),
+        tuple(p["comm"] or "" for p in parents) if parents else (),
     )
 
 

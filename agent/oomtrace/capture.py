@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, assert_never
+from typing import Final, NamedTuple, assert_never
 
 from oomtrace.host import memcg, meminfo, procfs
 from oomtrace.host.cgroupfs import CgroupPaths
@@ -43,8 +43,7 @@ HOLDER_SCAN_WINDOW_NS: Final = 50_000_000
 MAX_SNAPSHOTS: Final = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
+class Seen(NamedTuple):
     """One process of a record as the host showed it when the record arrived."""
 
     snapshot: procfs.ProcSnapshot | None
@@ -93,8 +92,7 @@ class Holder:
     cgroup: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Evidence:
+class Evidence(NamedTuple):
     """What capture read for one record, by the role each process plays in it.
 
     `target` is the process a signal, mark or kprobe record names as its victim;

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from oomtrace.display import printable
 from oomtrace.host.kubepath import parse_kube_cgroup
@@ -44,8 +44,7 @@ class Rules:
     configured: Mapping[str, Cause] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Party:
+class Party(NamedTuple):
     """A process in one role of a kill, as the classifier needs it."""
 
     pid: int | None
@@ -59,8 +58,7 @@ class Party:
     parents: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Facts:
+class Facts(NamedTuple):
     """What the classifier decides from: the kill's roles and the kernel's evidence."""
 
     kind: str  # "oom_kill" | "signal"
@@ -82,8 +80,7 @@ class Facts:
     memcg_stat: Mapping[str, Any] | None = None  # memory.stat of that memcg
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     cause: Cause
     explanation: str
     scope: str | None = None  # an OOM's `oom.scope`

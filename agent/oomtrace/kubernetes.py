@@ -23,6 +23,9 @@ class KubernetesEnricher:
         self.resolver = resolver
 
     def enrich(self, event: Event) -> None:
+        if self.resolver is None:
+            self._none(event)
+            return
         errors: list[str] = event["enrichment"]["errors"]
         for role in ROLES:
             proc = event.get(role)
@@ -37,6 +40,17 @@ class KubernetesEnricher:
                 holder["k8s"] = victim.get("k8s")
             else:
                 holder["k8s"] = self._resolve(holder["cgroup"], "top_holders", errors)
+
+    @staticmethod
+    def _none(event: Event) -> None:
+        """No CRI: every process is named a host process."""
+        for role in ROLES:
+            proc = event.get(role)
+            if proc is not None:
+                proc["k8s"] = None
+        oom = event.get("oom")
+        for holder in (oom.get("top_holders") or ()) if oom else ():
+            holder["k8s"] = None
 
     def _resolve(
         self, cgroup: str | None, role: str, errors: list[str]
