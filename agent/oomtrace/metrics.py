@@ -7,7 +7,6 @@ state (queue, drops, delivery) and the agent's memory are read at scrape time.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -16,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from oomtrace.config import Endpoint
+from oomtrace.host.procfs import PAGE_SIZE
 from oomtrace.schema import Event
 
 UNKNOWN: Final = "unknown"
@@ -155,6 +155,6 @@ class _SinkCollector(Collector):
 def _rss_bytes() -> float:
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            return int(f.read().split()[1]) * PAGE_SIZE
     except (OSError, ValueError, IndexError):
         return 0.0

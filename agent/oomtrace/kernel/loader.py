@@ -42,7 +42,7 @@ _NR_BPF: Final = NR_BPF.get(os.uname().machine)
 RINGBUF_BUSY: Final = 1 << 31
 RINGBUF_DISCARD: Final = 1 << 30
 RINGBUF_HDR: Final = 8
-PAGE: Final = mmap.PAGESIZE
+PAGE: Final = mmap.PAGESIZE  # mmap offsets and the ring buffer layout are in these
 
 MAPS: Final = ("events", "lost_records", "traced_signals")
 # A compile on a loaded node is slow, but one that takes this long is stuck.
