@@ -187,10 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="events on stdout, the journal under systemd (default: on)",
     )
     for kind in SINK_KINDS:
-        names = [f"--{kind.key.replace('_', '-')}"]
         out.add_argument(
             *([kind.short_flag] if kind.short_flag else []),
-            *names,
+            kind.flag,
             type=_flag(kind.parse),
             action="append",
             metavar=kind.metavar,

@@ -1,19 +1,18 @@
 """Settings, validated once at start-up; a bad value stops with exit code 2.
 
 Where each value comes from (defaults < TOML file < OOMTRACE_* environment <
-flags) is configfile.py's job; this module only says what a valid value is.
+flags) is configfile.py's job; this module only says what a valid value is. What
+a valid sink target is, each sink kind says (sinks/kinds.py).
 """
 
 from __future__ import annotations
 
-import errno
-import os
 import socket
-import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
+from oomtrace.schema import Cause
 from oomtrace.sigdefs import SIGKILL
 
 FORMATS: Final = ("auto", "json", "text")
@@ -22,8 +21,9 @@ LOG_FORMATS: Final = ("auto", "json", "console")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 OVERFLOW_POLICIES: Final = ("drop_oldest", "drop_newest")
 
-# The kernel's limit for a unix socket path (sun_path, with its terminating NUL).
-UNIX_PATH_MAX: Final = 107
+# The kernel keeps a comm in 16 bytes with its terminating NUL (TASK_COMM_LEN).
+COMM_MAX_BYTES: Final = 15
+CAUSES: Final = tuple(cause.value for cause in Cause)
 # Where the metrics endpoint listens when only a port is given: never the
 # network unless asked, since events name pods and command lines.
 METRICS_DEFAULT_HOST: Final = "127.0.0.1"
@@ -79,9 +79,10 @@ class Settings:
     signals: frozenset[int] = frozenset({SIGKILL})
     format: str = "auto"
     stdout: bool = True
-    outputs: tuple[Path, ...] = ()
-    unix_sockets: tuple[Path, ...] = ()
-    tcp: tuple[Endpoint, ...] = ()
+    # The targets of every sink kind but stdout, by the kind's key (sinks/kinds.py),
+    # e.g. (("output", (Path(...),)), ("tcp", (Endpoint(...),))). Held by key rather
+    # than in a field per kind so that a new kind needs no change here.
+    sinks: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     sink_queue_size: int = 4096
     sink_overflow: str = "drop_oldest"
     metrics_listen: Endpoint | None = None
@@ -97,9 +98,16 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     cri_endpoint: str | None = None
-    # The [causes] table: (sender comm, cause) pairs, checked by configfile.
+    # The [causes] table: (sender comm, Cause value) pairs, sorted by comm.
     causes: tuple[tuple[str, str], ...] = ()
     config_file: Path | None = None
+
+    def targets(self, key: str) -> tuple[Any, ...]:
+        """The targets of one sink kind, by its key ("output", "tcp", ...)."""
+        for name, targets in self.sinks:
+            if name == key:
+                return targets
+        return ()
 
     def validate(self) -> Settings:
         _choice("format", self.format, FORMATS)
@@ -129,75 +137,42 @@ class Settings:
                 raise ConfigError(
                     f"{cgroup!r} must be an absolute cgroup path like /kubepods", key="cgroup"
                 )
+        for comm, cause in self.causes:
+            _check_cause(comm, cause)
         return self
 
 
-def check_output_path(path: Path) -> None:
-    """A file sink's path must be a file this process can create or append to."""
-    if not path.is_absolute():
-        raise ConfigError(f"{path} must be an absolute path", key="output")
-    if not path.parent.is_dir():
-        raise ConfigError(f"directory {path.parent} does not exist", key="output")
-    if path.is_dir():
-        raise ConfigError(f"{path} is a directory", key="output")
-    problem = _unwritable(path)
-    if problem:
-        raise ConfigError(f"cannot write {path}: {problem}", key="output")
-
-
-def _unwritable(path: Path) -> str | None:
-    """Why ``path`` cannot be appended to, found without creating or changing
-    anything (access(2) would say yes to root on a read-only mount or in /proc)."""
-    try:
-        if path.exists():
-            # O_NONBLOCK: a FIFO with no reader yet must not hang the check.
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC)
-        else:
-            # An unnamed file in the directory: the same permission and
-            # file-system checks as creating the real one, gone on close.
-            fd = os.open(path.parent, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:
-            return None  # a FIFO nobody reads yet
-        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-            # No O_TMPFILE on this file system: the best left is access(2).
-            ok = os.access(path.parent, os.W_OK | os.X_OK)
-            return None if ok else os.strerror(errno.EACCES)
-        return exc.strerror or str(exc)
-    os.close(fd)
-    return None
-
-
-def check_socket_path(path: Path) -> None:
-    """A unix socket sink's path must be able to name a socket. A socket that
-    does not exist yet is fine (the shipper may start later: the sink retries);
-    a path that can never work is not."""
-    if not path.is_absolute():
-        raise ConfigError(f"{path} must be an absolute path", key="unix_socket")
-    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+def _check_cause(comm: str, cause: object) -> None:
+    if not comm:
+        raise ConfigError("a sender's comm cannot be empty", key="causes")
+    raw = comm.encode()
+    # A name the kernel could never report would be accepted and then silently
+    # never match a sender: refused instead.
+    if len(raw) > COMM_MAX_BYTES:
+        shown = raw[:COMM_MAX_BYTES].decode(errors="replace")
+        hint = "" if "\ufffd" in shown else f" ({comm!r} shows as {shown!r})"
         raise ConfigError(
-            f"{path} is longer than the {UNIX_PATH_MAX} bytes a socket path may have",
-            key="unix_socket",
+            f"{comm!r} is longer than {COMM_MAX_BYTES} bytes: the kernel cuts every comm "
+            f"to {COMM_MAX_BYTES}, so it could never match{hint}",
+            key="causes",
         )
-    if not path.parent.is_dir():
+    if "\0" in comm:
         raise ConfigError(
-            f"{path} is unreachable: directory {path.parent} does not exist", key="unix_socket"
+            f"{comm!r} holds a NUL, where the kernel ends every comm, so it could never match",
+            key="causes",
         )
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise ConfigError(f"{path} is unreachable: {exc.strerror}", key="unix_socket") from None
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"{path} exists and is not a socket", key="unix_socket")
+    if cause not in CAUSES:
+        raise ConfigError(
+            f"{comm!r}: {cause!r} is not a cause (one of: {', '.join(CAUSES)})", key="causes"
+        )
 
 
-def check_resolvable(endpoint: Endpoint, key: str) -> None:
+def check_resolvable(endpoint: Endpoint) -> None:
+    """Raises ValueError when the host has no address."""
     try:
         socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ConfigError(f"cannot resolve {endpoint.host!r}: {exc.strerror}", key=key) from None
+        raise ValueError(f"cannot resolve {endpoint.host!r}: {exc.strerror}") from None
 
 
 def _positive(key: str, value: float | None) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from oomtrace.config import (
     METRICS_DEFAULT_HOST,
@@ -25,9 +25,8 @@ from oomtrace.config import (
     check_resolvable,
     parse_endpoint,
 )
-from oomtrace.schema import Cause
 from oomtrace.sigdefs import parse_signal, parse_signal_list
-from oomtrace.sinks.kinds import SINK_KINDS
+from oomtrace.sinks.kinds import BY_KEY, SINK_KINDS
 
 ENV_PREFIX: Final = "OOMTRACE_"
 CONFIG_ENV: Final = "OOMTRACE_CONFIG"
@@ -35,6 +34,8 @@ DEFAULT_PATH: Final = Path("/etc/oomtrace/oomtrace.toml")
 
 Parser = Callable[[object], object]
 EnvParser = Callable[[str], object]
+# Key.field of a sink kind's key: its targets are in Settings.sinks, by key.
+SINKS: Final = "sinks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class Key:
     parse: Parser  # a TOML value (already typed by TOML) -> the Settings value
     parse_env: EnvParser  # an environment string -> the Settings value
     live: bool  # SIGHUP applies it; otherwise a change needs a restart
+    show: Callable[[object], str] | None = None  # as TOML, when not a plain value
 
     @property
     def env(self) -> str:
@@ -52,6 +54,11 @@ class Key:
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    def value(self, settings: Settings) -> object:
+        if self.field == SINKS:
+            return settings.targets(self.name)
+        return getattr(settings, self.field)
 
 
 # -- value parsers: each raises ValueError with a message that completes "KEY: " --
@@ -104,34 +111,28 @@ def _target(parse: Callable[[str], object]) -> Parser:
     return lambda value: parse(_string(value))
 
 
-# The kernel keeps 15 bytes of a comm (TASK_COMM_LEN less its NUL).
-COMM_MAX_BYTES: Final = 15
-
-
-def _causes(value: object) -> tuple[tuple[str, str], ...]:
+def _causes(value: object) -> tuple[tuple[str, object], ...]:
+    """The table as (comm, cause) pairs; Settings.validate checks each pair."""
     if not isinstance(value, dict):
         raise ValueError(
             f'must be a table of sender comm = cause, like [causes] "my-guard" = '
             f'"userspace_oom_killer", not {_type_name(value)}'
         )
-    known = ", ".join(c.value for c in Cause)
-    pairs = []
-    for comm, cause in value.items():
-        if not comm:
-            raise ValueError("a sender's comm cannot be empty")
-        if len(comm.encode()) > COMM_MAX_BYTES:
-            raise ValueError(
-                f"{comm!r} is longer than {COMM_MAX_BYTES} bytes: the kernel cuts every "
-                "comm to 15, so it could never match"
-            )
-        if not isinstance(cause, str) or cause not in {c.value for c in Cause}:
-            raise ValueError(f"{comm!r}: {cause!r} is not a cause (one of: {known})")
-        pairs.append((comm, cause))
-    return tuple(sorted(pairs))
+    return tuple(sorted(value.items()))
 
 
 def _env_causes(_text: str) -> tuple[tuple[str, str], ...]:
+    # No environment form: a comm may hold any byte but NUL, commas and "=" too,
+    # so no one-line encoding of the table is unambiguous; and the table is a
+    # site's policy that SIGHUP re-reads from the file, which a variable fixed
+    # at start could never follow. Set, it is refused rather than ignored, since
+    # whoever set it expects it to apply.
     raise ValueError("the [causes] table is set in the configuration file only")
+
+
+def _show_causes(value: object) -> str:
+    assert isinstance(value, tuple)
+    return "{" + ", ".join(f"{_toml_value(c)} = {_toml_value(v)}" for c, v in value) + "}"
 
 
 def _listen(value: object) -> Endpoint | None:
@@ -200,7 +201,7 @@ KEYS: Final[dict[str, Key]] = {
             # Sinks come and go on SIGHUP.
             Key(
                 kind.key,
-                kind.field,
+                SINKS,
                 _list_of(_target(kind.parse), kind.example),
                 _env_list(kind.parse),
                 live=True,
@@ -220,10 +221,10 @@ KEYS: Final[dict[str, Key]] = {
         Key("log_level", "log_level", _string, str.strip, live=False),
         Key("log_format", "log_format", _string, str.strip, live=False),
         Key("cri_endpoint", "cri_endpoint", _optional_string, _optional_string, live=False),
-        Key("causes", "causes", _causes, _env_causes, live=True),
+        Key("causes", "causes", _causes, _env_causes, live=True, show=_show_causes),
     )
 }
-_BY_FIELD: Final = {k.field: k for k in KEYS.values()}
+_BY_FIELD: Final = {k.field: k for k in KEYS.values() if k.field != SINKS}
 # Settings that only make sense on a command line, never in a service's file.
 FLAG_ONLY: Final = ("duration", "count")
 
@@ -325,17 +326,28 @@ def load(
         if unknown:
             warnings.append(f"ignored unknown environment variables: {', '.join(unknown)}")
     _merge(merged, sources, dict(flags), "flag")
-    fields = {(KEYS[name].field if name in KEYS else name): v for name, v in merged.items()}
+    fields = {KEYS[n].field if n in KEYS else n: v for n, v in merged.items() if n not in BY_KEY}
+    # In declaration order, and without kinds that have no target, so that
+    # settings meaning the same sinks compare equal.
+    sinks = ((kind.key, merged.get(kind.key)) for kind in SINK_KINDS)
+    fields[SINKS] = tuple((key, targets) for key, targets in sinks if targets)
     try:
         settings = Settings(**fields, config_file=config).validate()  # type: ignore[arg-type]
         for kind in SINK_KINDS:
-            for target in getattr(settings, kind.field):
-                kind.check(target)
+            for target in settings.targets(kind.key):
+                _check(kind.key, kind.check, target)
         if settings.metrics_listen is not None:
-            check_resolvable(settings.metrics_listen, "metrics_listen")
+            _check("metrics_listen", check_resolvable, settings.metrics_listen)
     except ConfigError as exc:
         raise ConfigError(_attributed(exc, sources)) from None
     return Loaded(settings, sources, warnings)
+
+
+def _check(key: str, check: Callable[[Any], None], value: object) -> None:
+    try:
+        check(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key) from None
 
 
 def live_keys() -> frozenset[str]:
@@ -343,19 +355,15 @@ def live_keys() -> frozenset[str]:
 
 
 def changed_keys(old: Settings, new: Settings) -> list[str]:
-    return [k.name for k in KEYS.values() if getattr(old, k.field) != getattr(new, k.field)]
+    return [k.name for k in KEYS.values() if k.value(old) != k.value(new)]
 
 
 def render(settings: Settings) -> str:
     """The effective settings as TOML (what `oomtrace config show` prints)."""
     lines = []
     for key in KEYS.values():
-        value = getattr(settings, key.field)
-        if key.name == "causes":
-            table = ", ".join(f"{_toml_value(c)} = {_toml_value(v)}" for c, v in value)
-            lines.append(f"causes = {{{table}}}")
-            continue
-        lines.append(f"{key.name} = {_toml_value(value)}")
+        show = key.show or _toml_value
+        lines.append(f"{key.name} = {show(key.value(settings))}")
     return "\n".join(lines) + "\n"
 
 
@@ -406,4 +414,14 @@ def _toml_value(value: object) -> str:
     if isinstance(value, frozenset | tuple | list):
         items = sorted(value) if isinstance(value, frozenset) else list(value)
         return "[" + ", ".join(_toml_value(v) for v in items) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + "".join(_toml_char(c) for c in str(value)) + '"'
+
+
+def _toml_char(c: str) -> str:
+    # A comm or a path may hold any character; a TOML basic string takes the
+    # quote, the backslash and the control characters only escaped.
+    if c in '"\\':
+        return "\\" + c
+    if c < " " or c == "\x7f":
+        return f"\\u{ord(c):04x}"
+    return c

@@ -69,8 +69,8 @@ def test_lists_from_each_source(tmp_path: Path) -> None:
         f'output = ["{tmp_path}/events.jsonl"]\npid = [42]\n',
     )
     settings = load(config=config).settings
-    assert settings.outputs == (tmp_path / "events.jsonl",)
-    assert settings.tcp == (Endpoint("127.0.0.1", 5140),)
+    assert settings.targets("output") == (tmp_path / "events.jsonl",)
+    assert settings.targets("tcp") == (Endpoint("127.0.0.1", 5140),)
     assert settings.signals == {SIGKILL, SIGTERM}
     assert settings.cgroups == ("/kubepods",)
     assert settings.pids == {42}
@@ -83,7 +83,7 @@ def test_lists_from_each_source(tmp_path: Path) -> None:
         "OOMTRACE_METRICS_LISTEN": "9808",
     }
     settings = load(environ=env).settings
-    assert settings.tcp == (Endpoint("127.0.0.1", 1), Endpoint("::1", 2))
+    assert settings.targets("tcp") == (Endpoint("127.0.0.1", 1), Endpoint("::1", 2))
     assert settings.signals == {SIGKILL, SIGTERM}
     assert settings.pids == {7, 8}
     assert settings.stdout is False
@@ -214,7 +214,7 @@ def test_unreachable_socket_path(tmp_path: Path) -> None:
 
 def test_a_socket_that_is_not_there_yet_is_fine(tmp_path: Path) -> None:
     # The shipper may start after oomtrace: the sink retries.
-    assert load({"unix_socket": (tmp_path / "later.sock",)}).settings.unix_sockets
+    assert load({"unix_socket": (tmp_path / "later.sock",)}).settings.targets("unix_socket")
 
 
 def test_output_that_cannot_be_a_file(tmp_path: Path) -> None:
@@ -253,7 +253,7 @@ def test_default_file_changes_nothing_and_names_every_key() -> None:
     values = {name: configfile.KEYS[name].parse(raw) for name, raw in shown.items()}
     defaults = Settings()
     for name, value in values.items():
-        default = getattr(defaults, configfile.KEYS[name].field)
+        default = configfile.KEYS[name].value(defaults)
         assert value == default or (name == "cri_endpoint" and value is None), name
 
 
@@ -371,7 +371,7 @@ def test_live_and_restart_keys() -> None:
     assert {"output", "tcp", "unix_socket", "stdout", "cgroup", "pid", "sink_queue_size"} <= live
     assert not {"signals", "tier", "metrics_listen", "ring_buffer_pages"} & live
     old = Settings()
-    new = Settings(tcp=(Endpoint("127.0.0.1", 1),), tier="tracepoint")
+    new = Settings(sinks=(("tcp", (Endpoint("127.0.0.1", 1),)),), tier="tracepoint")
     assert configfile.changed_keys(old, new) == ["tcp", "tier"]
 
 
@@ -402,6 +402,7 @@ def test_causes_table(tmp_path: Path) -> None:
             "causes: 'a-very-long-guard' is longer than 15 bytes: the kernel cuts every comm",
         ),
         ('[causes]\n"" = "manual"', "causes: a sender's comm cannot be empty"),
+        ('[causes]\n"a\\u0000b" = "manual"', "causes: "),
         ('causes = "manual"', "causes: must be a table of sender comm = cause"),
     ],
 )

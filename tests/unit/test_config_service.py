@@ -100,10 +100,12 @@ def test_keepalive_only_while_the_reader_lives_and_reload(
 ) -> None:
     env = {"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "2000"}
     first, second = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    settings = Settings(stdout=False, outputs=(first,))
+    settings = Settings(stdout=False, sinks=(("output", (first,)),))
     sinks = SinkSet.open(settings)
     answers: list[Settings | ConfigError] = [
-        Settings(stdout=False, outputs=(first, second), pids=frozenset({42}), tier="kprobe"),
+        Settings(
+            stdout=False, sinks=(("output", (first, second)),), pids=frozenset({42}), tier="kprobe"
+        ),
         ConfigError("bad", key="tcp"),
     ]
 

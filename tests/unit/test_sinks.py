@@ -324,18 +324,20 @@ def test_what_a_restarted_shipper_had_not_read_is_sent_again(shipper: Shipper) -
 
 def test_specs_and_reconfigure(tmp_path: Path) -> None:
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    settings = Settings(stdout=False, outputs=(one,), tcp=(Endpoint("127.0.0.1", 9),))
+    settings = Settings(
+        stdout=False, sinks=(("output", (one,)), ("tcp", (Endpoint("127.0.0.1", 9),)))
+    )
     assert [s.name for s in specs(settings)] == [f"file:{one}", "tcp:127.0.0.1:9"]
     assert specs(Settings(), stdout_is_tty=True)[0].fmt == "text"
     assert specs(Settings(), stdout_is_tty=False)[0].fmt == "json"
 
-    sinks = SinkSet.open(Settings(stdout=False, outputs=(one,)))
+    sinks = SinkSet.open(Settings(stdout=False, sinks=(("output", (one,)),)))
     try:
         sinks.emit(event(1))
-        changes = sinks.reconfigure(Settings(stdout=False, outputs=(one, two)))
+        changes = sinks.reconfigure(Settings(stdout=False, sinks=(("output", (one, two)),)))
         assert changes == {"added": [f"file:{two}"], "removed": []}
         sinks.emit(event(2))
-        changes = sinks.reconfigure(Settings(stdout=False, outputs=(two,)))
+        changes = sinks.reconfigure(Settings(stdout=False, sinks=(("output", (two,)),)))
         assert changes == {"added": [], "removed": [f"file:{one}"]}
         sinks.emit(event(3))
         assert sinks.names == [f"file:{two}"]
@@ -349,4 +351,4 @@ def test_a_file_that_cannot_be_opened_stops_start_up(tmp_path: Path) -> None:
     from oomtrace.config import ConfigError
 
     with pytest.raises(ConfigError, match="cannot open"):
-        SinkSet.open(Settings(stdout=False, outputs=(tmp_path,)))
+        SinkSet.open(Settings(stdout=False, sinks=(("output", (tmp_path,)),)))

@@ -25,7 +25,7 @@ from oomtrace.sinks.stream import FdTransport, encoder
 @dataclass(frozen=True, slots=True)
 class SinkSpec:
     kind: str  # "stdout", or a SinkKind's name (sinks/kinds.py)
-    target: str
+    target: object  # as the kind parsed it (a Path, an Endpoint); "" for stdout
     fmt: str = "json"
 
     @property
@@ -42,7 +42,7 @@ def specs(settings: Settings, *, stdout_is_tty: bool | None = None) -> list[Sink
             fmt = "text" if tty else "json"
         out.append(SinkSpec("stdout", "", fmt))
     for kind in SINK_KINDS:
-        out += [SinkSpec(kind.name, str(t)) for t in dict.fromkeys(getattr(settings, kind.field))]
+        out += [SinkSpec(kind.name, t) for t in dict.fromkeys(settings.targets(kind.key))]
     return out
 
 
@@ -61,7 +61,7 @@ def open_sink(spec: SinkSpec, settings: Settings) -> QueuedSink:
             try:
                 transport.connect()
             except OSError as exc:
-                raise ConfigError(_open_failure(spec.target, exc), key=kind.key) from None
+                raise ConfigError(_open_failure(str(spec.target), exc), key=kind.key) from None
             connected = True
     return QueuedSink(
         transport,

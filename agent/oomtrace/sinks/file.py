@@ -8,13 +8,51 @@ move are in the moved file, events after it in the new one: none is lost.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Final
 
-from oomtrace.sinks.stream import write_all
+from oomtrace.sinks.fd import write_all
 
 FILE_MODE: Final = 0o640
+
+
+def check_path(path: Path) -> None:
+    """A file sink's path must be a file this process can create or append to;
+    raises ValueError saying why not."""
+    if not path.is_absolute():
+        raise ValueError(f"{path} must be an absolute path")
+    if not path.parent.is_dir():
+        raise ValueError(f"directory {path.parent} does not exist")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory")
+    problem = _unwritable(path)
+    if problem:
+        raise ValueError(f"cannot write {path}: {problem}")
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be appended to, found without creating or changing
+    anything (access(2) would say yes to root on a read-only mount or in /proc)."""
+    try:
+        if path.exists():
+            # O_NONBLOCK: a FIFO with no reader yet must not hang the check.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | os.O_CLOEXEC)
+        else:
+            # An unnamed file in the directory: the same permission and
+            # file-system checks as creating the real one, gone on close.
+            fd = os.open(path.parent, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return None  # a FIFO nobody reads yet
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            # No O_TMPFILE on this file system: the best left is access(2).
+            ok = os.access(path.parent, os.W_OK | os.X_OK)
+            return None if ok else os.strerror(errno.EACCES)
+        return exc.strerror or str(exc)
+    os.close(fd)
+    return None
 
 
 def open_append(path: Path) -> int:

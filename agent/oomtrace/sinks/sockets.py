@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
+import stat
 import struct
 from pathlib import Path
 from typing import Final
@@ -21,6 +23,28 @@ CONNECT_TIMEOUT_S: Final = 2.0
 # A shipper that takes nothing for this long is treated as gone: the connection
 # is dropped and what it had not read is written again on a new one.
 SEND_TIMEOUT_S: Final = 10.0
+# The kernel's limit for a unix socket path (sun_path, with its terminating NUL).
+UNIX_PATH_MAX: Final = 107
+
+
+def check_socket_path(path: Path) -> None:
+    """A unix socket sink's path must be able to name a socket; raises ValueError
+    saying why not. A socket that does not exist yet is fine (the shipper may
+    start later: the sink retries); a path that can never work is not."""
+    if not path.is_absolute():
+        raise ValueError(f"{path} must be an absolute path")
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise ValueError(f"{path} is longer than the {UNIX_PATH_MAX} bytes a socket path may have")
+    if not path.parent.is_dir():
+        raise ValueError(f"{path} is unreachable: directory {path.parent} does not exist")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ValueError(f"{path} is unreachable: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        raise ValueError(f"{path} exists and is not a socket")
 
 
 class _SocketTransport:

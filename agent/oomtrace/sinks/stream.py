@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import BinaryIO
 
 import orjson
 
 from oomtrace.schema import Event, json_safe
+from oomtrace.sinks.fd import write_all
 from oomtrace.text import render
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """os.write, until a short write (a pipe, a signal) has put out everything."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def json_line(event: Event) -> bytes:
