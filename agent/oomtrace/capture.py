@@ -171,7 +171,9 @@ class Capture:
             target=self._seen_thread(victim_tid),
             memcg=mem,
             holders=self._holders(ktime_ns, trigger, mem),
-            node_pages=meminfo.node_pages(),
+            # Badness weighs oom_score_adj against RAM + swap only when no memcg
+            # limit is known: a memcg OOM (every member of a group kill) reads nothing.
+            node_pages=meminfo.node_pages() if mem is None or mem.oom_memcg is None else None,
         )
 
     # -- processes -------------------------------------------------------------
