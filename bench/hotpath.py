@@ -98,7 +98,9 @@ def main() -> None:
         assert fast.decode(raw) == decoder.decode(raw)
 
     sink = io.BytesIO()
-    probes: Any = types.SimpleNamespace(plan=types.SimpleNamespace(tier="tracepoint"))
+    probes: Any = types.SimpleNamespace(
+        plan=types.SimpleNamespace(tier="tracepoint"), commands=lambda: None
+    )
     agent = Agent(Settings(), probes, [StreamSink(sink, fmt="json")])
     decoded = [decoder.decode(r) for r in raws]
     kills: list[Any] = []

@@ -38,7 +38,7 @@ except ImportError:
 from oomtrace.sinks.stream import StreamSink
 
 seconds = float(sys.argv[1])
-probes = types.SimpleNamespace(plan=types.SimpleNamespace(tier="tracepoint"))
+probes = types.SimpleNamespace(plan=types.SimpleNamespace(tier="tracepoint"), commands=lambda: None)
 
 def per_event_us(victim, start_ns):
     agent = Agent(Settings(), probes, [StreamSink(io.BytesIO(), fmt="json")])
@@ -89,7 +89,7 @@ if case == "alive":
     victim, start_ns = sleeper.pid, _start_ns(sleeper.pid)
 else:
     victim, start_ns = GONE_PID, 12345 * 10**7
-probes = types.SimpleNamespace(plan=types.SimpleNamespace(tier="tracepoint"))
+probes = types.SimpleNamespace(plan=types.SimpleNamespace(tier="tracepoint"), commands=lambda: None)
 agent = Agent(Settings(), probes, [StreamSink(io.BytesIO(), fmt="json")])
 for batch in [kill_records(victim, start_ns) for _ in range(n)]:
     for raw in batch:

@@ -186,3 +186,43 @@ static __always_inline void oomtrace_read_current(struct oomtrace_task_view *v)
 		__builtin_memcpy((r)->p##_comm, (v)->comm, OOMTRACE_COMM_LEN);          \
 		__builtin_memcpy((r)->p##_parent_comm, (v)->parent_comm, OOMTRACE_COMM_LEN); \
 	} while (0)
+
+/*
+ * Command lines of the node's live processes, keyed by tgid (commands.bpf.c
+ * writes them at exec and fork, signals.bpf.c forgets them at exit). A hash, not
+ * an LRU: a long-lived process's entry, the one a leak's victim needs, must not
+ * be evicted by a build's churn of short-lived ones. When the map is full an
+ * exec is counted in commands_full and its process left out; userspace then
+ * reads /proc as before. Not preallocated: memory grows with the live
+ * processes, up to OOMTRACE_ARGV_MAX entries (from the loader).
+ */
+#ifdef OOMTRACE_HAVE_ARGV
+BPF_F_TABLE("hash", u32, struct oomtrace_argv, commands, OOMTRACE_ARGV_MAX, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(commands_full, u64, 1);
+
+static __always_inline void oomtrace_commands_full(void)
+{
+	u32 zero = 0;
+	u64 *n = commands_full.lookup(&zero);
+	if (n)
+		(*n)++;
+}
+#endif
+
+/* Copies process `tgid`'s argv into a record's OOMTRACE_ARGV_FIELDS, which have
+ * the layout of struct oomtrace_argv. Without an entry the args are zeroed too:
+ * reserved ring-buffer memory holds older records' bytes, which must not travel
+ * on in this one. */
+static __always_inline void oomtrace_copy_argv(u32 tgid, struct oomtrace_argv *dst)
+{
+#ifdef OOMTRACE_HAVE_ARGV
+	const struct oomtrace_argv *a = commands.lookup(&tgid);
+	if (a) {
+		__builtin_memcpy(dst, a, sizeof(*a));
+		return;
+	}
+#endif
+	dst->size = 0;
+	dst->source = OOMTRACE_ARGV_NONE;
+	__builtin_memset(dst->args, 0, sizeof(dst->args));
+}

@@ -20,6 +20,8 @@
  *    mem_cgroup.memory, a page_counter): the OOM memcg is among them for a
  *    memcg OOM. Without BTF these stay zero and userspace reads the memcg
  *    files, later.
+ *  - The trigger's argv is copied from the commands map (commands.bpf.c);
+ *    without it the record says so (source OOMTRACE_ARGV_NONE).
  */
 
 TRACEPOINT_PROBE(oom, mark_victim)
@@ -58,6 +60,9 @@ TRACEPOINT_PROBE(oom, mark_victim)
 		css = oomtrace_read_ptr(css, OFF_CSS_PARENT, &failed);
 	}
 #endif
+	/* The trigger's command line, in case it too is gone (killed by the same
+	 * OOM, or a short-lived allocator) before userspace reads /proc. */
+	oomtrace_copy_argv(trigger.tgid, (struct oomtrace_argv *)&r->trigger_argv_size);
 	events.ringbuf_submit(r, 0);
 	return 0;
 }

@@ -19,6 +19,10 @@
 #define OOMTRACE_COMM_LEN 16
 #define OOMTRACE_MEMCG_LEVELS 4 /* trigger's memcg and its nearest ancestors */
 #define OOMTRACE_CGROUP_PATH_LEN 512
+/* The head of a process's argv kept from its exec: enough for the program and
+ * the arguments that tell one worker from another, small enough that a map of
+ * every live process stays in the low megabytes. */
+#define OOMTRACE_ARGV_LEN 256
 
 /* Record kinds: the first field of every record. */
 #define OOMTRACE_REC_SIGNAL 1       /* signal:signal_generate, traced signal set */
@@ -43,6 +47,11 @@
 /* Values of mark_victim_layout. */
 #define OOMTRACE_MARK_VICTIM_PID_ONLY 0 /* before v6.9 (and its stable backports) */
 #define OOMTRACE_MARK_VICTIM_FULL 1     /* comm, rss fields, uid, pgtables, oom_score_adj */
+
+/* Values of <role>_argv.source: where a process's argv was kept from. */
+#define OOMTRACE_ARGV_NONE 0 /* not known: no entry, or no task offsets */
+#define OOMTRACE_ARGV_EXEC 1 /* read in the kernel at exec, or inherited at fork */
+#define OOMTRACE_ARGV_PROC 2 /* read by the agent from /proc at its start */
 
 #define OOMTRACE_HEADER_FIELDS \
 	__u16 kind;                \
@@ -73,6 +82,24 @@
 	char p##_comm[OOMTRACE_COMM_LEN];      \
 	char p##_parent_comm[OOMTRACE_COMM_LEN];
 
+/*
+ * A process's argv as it was at exec: the NUL-separated strings between
+ * mm->arg_start and mm->arg_end, cut at OOMTRACE_ARGV_LEN. It is the value of
+ * the `commands` map (keyed by tgid) and is copied whole into records, so a
+ * victim's command line survives the victim. `size` is arg_end - arg_start:
+ * larger than OOMTRACE_ARGV_LEN when the argv was cut.
+ */
+struct oomtrace_argv {
+	__u32 size;
+	__u32 source; /* OOMTRACE_ARGV_* */
+	char args[OOMTRACE_ARGV_LEN];
+};
+
+#define OOMTRACE_ARGV_FIELDS(p) \
+	__u32 p##_argv_size;        \
+	__u32 p##_argv_source;      \
+	char p##_argv[OOMTRACE_ARGV_LEN];
+
 /* A traced signal was generated; the current task is the sender. */
 struct oomtrace_signal_rec {
 	OOMTRACE_HEADER_FIELDS
@@ -98,6 +125,10 @@ struct oomtrace_signal_rec {
 	/* The sender's controlling terminal (tty_struct.name, e.g. "pts3"), read
 	 * in the kernel: a person's short-lived kill(1) is gone before /proc. */
 	char sender_tty[OOMTRACE_COMM_LEN];
+	/* Both processes' argv from the commands map: the target (the victim)
+	 * and a sender script may be gone before userspace reads /proc. */
+	OOMTRACE_ARGV_FIELDS(target)
+	OOMTRACE_ARGV_FIELDS(sender)
 };
 
 /* The OOM killer marked a victim; the current task is the trigger. */
@@ -121,6 +152,7 @@ struct oomtrace_mark_victim_rec {
 	__u64 trigger_memcg_ids[OOMTRACE_MEMCG_LEVELS];
 	__u64 trigger_memcg_usage_pages[OOMTRACE_MEMCG_LEVELS];
 	__u64 trigger_memcg_max_pages[OOMTRACE_MEMCG_LEVELS];
+	OOMTRACE_ARGV_FIELDS(trigger)
 };
 
 /* A traced signal reached its target; the current task is the victim. */

@@ -64,7 +64,7 @@ static __always_inline void oomtrace_signal_queued(int sig, const struct oomtrac
 		/* Nothing can stop a queued SIGKILL: wait for the exit of the
 		 * target's process, whichever thread it was sent to. */
 		u32 tgid = target->tgid;
-		dying.update(&tgid, p);
+		dying.update(&tgid, (struct oomtrace_pending *)p); /* bcc declares update without const */
 		return;
 	}
 #endif
@@ -137,6 +137,11 @@ static __always_inline int oomtrace_signal_generated(int sig, int errno_value, i
 	if (tty)
 		bpf_probe_read_kernel_str(r->sender_tty, sizeof(r->sender_tty), (const char *)tty + OFF_TTY_NAME);
 #endif
+	/* Copied now: the target may be reaped, and a sender script gone, before
+	 * userspace reads the record. Without task offsets target->tgid is 0,
+	 * which no entry has. */
+	oomtrace_copy_argv(target->tgid, (struct oomtrace_argv *)&r->target_argv_size);
+	oomtrace_copy_argv(sender.tgid, (struct oomtrace_argv *)&r->sender_argv_size);
 	events.ringbuf_submit(r, 0);
 	return 0;
 }
@@ -287,6 +292,11 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 #endif
 	if (!group_dead)
 		return 0;
+#ifdef OOMTRACE_HAVE_ARGV
+	/* The process is gone: its command line was copied into any record of
+	 * its kill already. */
+	commands.delete(&tgid);
+#endif
 	struct oomtrace_pending *p = dying.lookup(&tgid);
 	if (!p)
 		return 0;

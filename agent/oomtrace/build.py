@@ -19,10 +19,10 @@ from oomtrace import oom
 from oomtrace.capture import Evidence, Seen
 from oomtrace.classify import Facts, Party, Verdict
 from oomtrace.correlate import Kill
-from oomtrace.host.procfs import PAGE_SIZE, Parent, ProcSnapshot
+from oomtrace.host.procfs import CLK_TCK, PAGE_SIZE, Parent, ProcSnapshot
 from oomtrace.kernel import features
 from oomtrace.kernel.features import KernelVocabulary
-from oomtrace.kernel.records import OomKillRecord, Task
+from oomtrace.kernel.records import Argv, OomKillRecord, Task
 from oomtrace.schema import SCHEMA, Event
 from oomtrace.sigdefs import GENERATE_RESULTS, code_name, kernel_generated, signal_name
 
@@ -30,19 +30,25 @@ TOP_HOLDERS: Final = 5
 
 
 class Clock:
-    """Maps the BPF clock (CLOCK_MONOTONIC) to wall time."""
+    """Maps the BPF clock (CLOCK_MONOTONIC) to wall time, and the kernel's
+    process start times (CLOCK_BOOTTIME, which also counts suspend) to it."""
 
     def __init__(self) -> None:
         self.offset_ns = 0
+        self.boot_offset_ns = 0
         self.resync()
 
     def resync(self) -> None:
-        # Read twice around the wall clock so the offset error is bounded by
+        # Read twice around the other clock so the offset error is bounded by
         # the time between the two monotonic reads.
         before = time.monotonic_ns()
         wall = time.time_ns()
         after = time.monotonic_ns()
         self.offset_ns = wall - (before + after) // 2
+        before = time.monotonic_ns()
+        boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        after = time.monotonic_ns()
+        self.boot_offset_ns = boot - (before + after) // 2
 
     def rfc3339(self, ktime_ns: int) -> str:
         wall = ktime_ns + self.offset_ns
@@ -108,7 +114,9 @@ class EventBuilder:
         else:
             assert kill.signal is not None
             seen = kill.signal_evidence.sender
-            event["sender"] = _process(kill.signal.sender, seen, parents=True)
+            event["sender"] = _process(
+                kill.signal.sender, seen, kill.signal.sender_argv, parents=True
+            )
             snap = seen.snapshot if seen else None
             event["sender"]["tty"] = kill.signal.sender_tty or (snap.tty if snap else None)
         event["enrichment"] = {"errors": errors}
@@ -121,7 +129,7 @@ class EventBuilder:
         if ctx is None:
             return None
         seen = _oom_evidence(kill).trigger
-        return _process(ctx.trigger, seen, parents=True)
+        return _process(ctx.trigger, seen, _trigger_argv(kill), parents=True)
 
     def _victim(self, kill: Kill, errors: list[str]) -> Event:
         task = kill.victim
@@ -150,9 +158,9 @@ class EventBuilder:
             else (task.uid if task else (snap.uid if snap else None)),
             "oom_score_adj": _victim_adj(kill, task, snap),
             "cgroup": _victim_cgroup(kill, task, snap),
-            # A dying process's cmdline reads empty: its mm is already gone.
-            "cmdline": (snap.cmdline or None) if snap else None,
+            **_cmdline(kill.signal.target_argv if kill.signal else None, snap),
             "ppid": (task.ppid if task and task.ppid else None) or (snap.ppid if snap else None),
+            **self._age(kill.ktime_ns, _start_ns(task, snap)),
         }
         if kill.kind == "oom_kill":
             out["memory"] = _victim_memory(kill, snap)
@@ -160,6 +168,18 @@ class EventBuilder:
         if out["cgroup"] is None:
             errors.append("victim: cgroup unknown (exited before its signal was delivered)")
         return out
+
+    def _age(self, kill_ktime_ns: int, start_ns: int | None) -> Event:
+        """When the victim started (its process, not the thread) and how long it
+        had lived at the kill: a leak kills late, a too-small limit at once."""
+        if not start_ns:
+            return {"started": None, "age_s": None}
+        boot_offset = self.clock.boot_offset_ns
+        age_ns = kill_ktime_ns + boot_offset - start_ns
+        return {
+            "started": self.clock.rfc3339(start_ns - boot_offset),
+            "age_s": round(max(age_ns, 0) / 1e9, 3),
+        }
 
     # -- the OOM ---------------------------------------------------------------
 
@@ -233,7 +253,7 @@ def _oom_evidence(kill: Kill) -> Evidence:
     return kill.mark_evidence
 
 
-def _process(task: Task, seen: Seen | None, *, parents: bool) -> Event:
+def _process(task: Task, seen: Seen | None, argv: Argv | None, *, parents: bool) -> Event:
     """A task seen in its own context by the kernel (sender, trigger)."""
     snap = seen.snapshot if seen else None
     out: Event = {
@@ -246,7 +266,7 @@ def _process(task: Task, seen: Seen | None, *, parents: bool) -> Event:
         if task.has_struct_fields
         else (snap.oom_score_adj if snap else None),
         "cgroup": seen.cgroup() if seen else None,
-        "cmdline": snap.cmdline if snap else None,
+        **_cmdline(argv, snap),
     }
     if parents:
         chain: tuple[Parent, ...] = seen.parents if seen else ()
@@ -254,6 +274,38 @@ def _process(task: Task, seen: Seen | None, *, parents: bool) -> Event:
             chain = (Parent(task.ppid, task.parent_comm),)
         out["parents"] = [{"pid": p.pid, "comm": p.comm} for p in chain]
     return out
+
+
+def _cmdline(argv: Argv | None, snap: ProcSnapshot | None) -> Event:
+    """The command line kept at exec when there is one: it is the same whatever
+    the timing, where /proc reads empty once the process's memory is gone. Only
+    when the kernel had to cut it and /proc gave it whole does /proc win."""
+    if argv is not None and not (argv.truncated and snap is not None and snap.cmdline):
+        return {"cmdline": list(argv.args), "cmdline_source": argv.source,
+                "cmdline_truncated": argv.truncated}  # fmt: skip
+    if snap is not None and snap.cmdline:
+        return {"cmdline": snap.cmdline, "cmdline_source": "proc", "cmdline_truncated": False}
+    return {"cmdline": None, "cmdline_source": None, "cmdline_truncated": False}
+
+
+def _trigger_argv(kill: Kill) -> Argv | None:
+    """The trigger's argv: its mark's copy, or, for a group member killed without
+    a mark, its own SIGKILL's, which the trigger sent."""
+    if kill.mark is not None and kill.mark.trigger_argv is not None:
+        return kill.mark.trigger_argv
+    sig, ctx = kill.signal, kill.context
+    if sig is not None and ctx is not None and sig.sender.tid == ctx.trigger.tid:
+        return sig.sender_argv
+    return None
+
+
+def _start_ns(task: Task | None, snap: ProcSnapshot | None) -> int | None:
+    """The process's start on CLOCK_BOOTTIME: the kernel's, else /proc's (in ticks)."""
+    if task is not None and task.has_struct_fields and task.start_ns:
+        return task.start_ns
+    if snap is not None and snap.start_ticks:
+        return snap.start_ticks * 1_000_000_000 // CLK_TCK
+    return None
 
 
 def _victim_cgroup(kill: Kill, task: Task | None, snap: ProcSnapshot | None) -> str | None:
@@ -354,6 +406,7 @@ def facts(event: Event, *, info_kind: int | None, node_wide: bool) -> Facts:
         memcg=oom_part.get("memcg"),
         limit_bytes=stat.get("limit_bytes") or oom_part.get("limit_bytes"),
         memcg_stat=stat or None,
+        victim_age_s=victim.get("age_s"),
     )
 
 

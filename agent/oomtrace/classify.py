@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 from oomtrace.display import printable
 from oomtrace.host.kubepath import parse_kube_cgroup
 from oomtrace.kernel.records import INFO_NOINFO
-from oomtrace.schema import Cause, container_label, mib, pod_label
+from oomtrace.schema import Cause, container_label, duration, mib, pod_label
 
 USERSPACE_OOM_KILLERS: Final = frozenset(
     {"systemd-oomd", "earlyoom", "oomd", "nohang", "low-memory-mon", "lmkd"}
@@ -78,6 +78,9 @@ class Facts(NamedTuple):
     memcg: str | None = None  # the memcg whose limit was hit
     limit_bytes: int | None = None
     memcg_stat: Mapping[str, Any] | None = None  # memory.stat of that memcg
+    # How long the victim had lived at the kill: a leak kills late, a limit too
+    # small for start-up (or a crash loop) at once.
+    victim_age_s: float | None = None
 
 
 class Verdict(NamedTuple):
@@ -185,7 +188,7 @@ def _oom_explanation(facts: Facts, scope: str | None) -> str:
             why += f" (anon {mib(parts.get('anon'), 0)}, file {mib(parts.get('file'), 0)})"
     else:
         why = "the limit that was hit is unknown"
-    head = f"{_place(facts.victim)} was killed by the kernel OOM killer"
+    head = f"{_place(facts.victim)} was killed by the kernel OOM killer{_age(facts)}"
     if facts.group_kill:
         head += " with the process it chose"
     adj = facts.victim_oom_score_adj
@@ -203,13 +206,18 @@ _CAUSE_WORDS: Final = {
 }
 
 
+def _age(facts: Facts) -> str:
+    age = facts.victim_age_s
+    return f" {duration(age)} after it started" if age is not None else ""
+
+
 def _signal_explanation(facts: Facts, cause: Cause) -> str:
     sender = facts.sender or Party(pid=None, comm=None)
     who = f"{_name(sender.comm)} (pid {sender.pid}, uid {sender.uid})"
     tty = f" on {_name(sender.tty)}" if sender.tty else ""
     how = _CAUSE_WORDS.get(cause, "by {sender}").format(sender=who, tty=tty, code=facts.signal_code)
     code = f" (exit code {facts.exit_code})" if facts.exit_code is not None else ""
-    return f"{_place(facts.victim)} was sent {facts.signal}{code} {how}."
+    return f"{_place(facts.victim)} was sent {facts.signal}{code}{_age(facts)} {how}."
 
 
 def classify(facts: Facts, rules: Rules) -> Verdict:

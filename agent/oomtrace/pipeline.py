@@ -33,7 +33,9 @@ from oomtrace.config import Settings
 from oomtrace.correlate import Correlator, Kill
 from oomtrace.cri.resolver import CriResolver
 from oomtrace.exits import ExitWatcher, ProcExit
+from oomtrace.host import procfs
 from oomtrace.host.cgroupfs import CgroupPaths
+from oomtrace.kernel import commands
 from oomtrace.kernel.features import KernelVocabulary
 from oomtrace.kernel.probes import Probes
 from oomtrace.kernel.records import KIND_NAMES, DecodeError, RecordDecoder
@@ -135,6 +137,8 @@ class Agent:
         self._on_tick = on_tick
         self._lost_seen: dict[int, int] = {}
         self._errors_logged: set[str] = set()
+        self.commands = probes.commands()
+        self._commands_full_seen = 0
 
     # -- threads ---------------------------------------------------------------
 
@@ -164,9 +168,12 @@ class Agent:
         self.probes.open(self._enqueue)
         self._reader.start()
         self.exits.start()
+        # After the attach: an exec from now on is the kernel's to record.
+        seeded = commands.seed(self.commands, procfs.all_pids()) if self.commands else None
         plan = self.probes.plan
         self.log.info(
             "ready",
+            commands_seeded=seeded.inserted if seeded else None,
             tier=plan.tier,
             hooks=plan.hooks + (["netlink:proc_connector"] if self.exits.available else []),
             missing=plan.missing,
@@ -285,6 +292,7 @@ class Agent:
             self.counters.kernel_lost += count
             self._emit(self.builder.lost(now, "kernel_ring_buffer", count, _by_kind(new)))
             self.log.warning("records_lost", source="kernel_ring_buffer", count=count)
+        self._check_commands()
         dropped = self.counters.queue_dropped - self._lost_seen.get(-1, 0)
         if dropped > 0:
             self._lost_seen[-1] = self.counters.queue_dropped
@@ -300,6 +308,21 @@ class Agent:
                     self._emit(self.builder.lost(now, f"sink:{name}", count, by_type))
                     self.log.warning("events_dropped", sink=name, count=count)
 
+    def _check_commands(self) -> None:
+        """Processes whose argv the full commands map could not keep: their
+        events lose no field, but take the command line from /proc."""
+        if self.commands is None:
+            return
+        full = self.commands.full()
+        if full > self._commands_full_seen:
+            self.log.warning(
+                "commands_map_full",
+                left_out=full - self._commands_full_seen,
+                total=full,
+                fallback="/proc while the process lives",
+            )
+            self._commands_full_seen = full
+
     def _log_stats(self, event: str) -> None:
         s = self.correlator.stats
         peak, size = self.probes.ring_peak() or (None, None)
@@ -312,6 +335,7 @@ class Agent:
             evicted=s.evicted,
             unmatched_deliver=s.unmatched_deliver,
             unmatched_exit=s.unmatched_exit,
+            commands_full=self._commands_full_seen if self.commands else None,
             sinks={
                 k: v for x in self.sinks if isinstance(x, Accounted) for k, v in x.stats().items()
             },

@@ -46,6 +46,26 @@ def mib(value: object, digits: int = 1) -> str:
     return f"{value / MIB:.{digits}f} MiB" if isinstance(value, int) else "?"
 
 
+def duration(seconds: float) -> str:
+    """A process's age for people, at the precision that matters at that age:
+    "0.05 s", "1.2 s", "42 s", "12 min 5 s", "4 h 12 min", "3 d 4 h"."""
+    if seconds < 1:
+        return f"{seconds:.2f} s"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
 def pod_label(k8s: dict[str, Any]) -> str:
     """namespace/pod, with the pod UID when the CRI gave no name."""
     return f"{k8s.get('namespace') or '?'}/{k8s.get('pod') or k8s.get('pod_uid') or '?'}"

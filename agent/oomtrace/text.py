@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 
 from oomtrace.display import printable
-from oomtrace.schema import Event, mib, pod_label
+from oomtrace.schema import Event, duration, mib, pod_label
 
 
 def _value(value: object) -> str:
@@ -53,6 +53,18 @@ def _exit(victim: Event) -> str | None:
     return f"exit code {ex.get('code')} after {ex.get('kill_to_exit_ms')} ms"
 
 
+def _command(proc: Event) -> list[str]:
+    """The process's command line, and for a victim when it started."""
+    lines = []
+    if proc.get("cmdline"):
+        cut = " (cut)" if proc.get("cmdline_truncated") else ""
+        lines.append(f"           cmdline {printable(' '.join(proc['cmdline']))}{cut}")
+    age = proc.get("age_s")
+    if age is not None:
+        lines.append(f"           started {proc.get('started')} ({duration(age)} before the kill)")
+    return lines
+
+
 def _oom_lines(event: Event) -> list[str]:
     victim = event.get("victim") or {}
     oom = event.get("oom") or {}
@@ -62,10 +74,12 @@ def _oom_lines(event: Event) -> list[str]:
         f"anon {_kb(mem.get('anon_rss_kb'))}  file {_kb(mem.get('file_rss_kb'))}  "
         f"shmem {_kb(mem.get('shmem_rss_kb'))}",
         f"           cgroup {printable(victim.get('cgroup') or '?')}",
+        *_command(victim),
     ]
     trigger = event.get("trigger")
     if trigger:
         lines.append(f"  trigger  {_who(trigger)}  in {_place(trigger)}")
+        lines.extend(_command(trigger))
     stat = oom.get("memcg_stat") or {}
     if oom.get("memcg") or stat:
         parts = stat.get("stat") or {}
@@ -86,11 +100,11 @@ def _signal_lines(event: Event) -> list[str]:
     chain = " <- ".join(f"{p.get('comm')}({p.get('pid')})" for p in sender.get("parents") or [])
     lines = [
         f"  victim   {_who(victim)}  cgroup {printable(victim.get('cgroup') or '?')}",
+        *_command(victim),
         f"  sender   {_who(sender)}  uid {sender.get('uid')}  tty {sender.get('tty') or '-'}  "
         f"in {_place(sender)}",
+        *_command(sender),
     ]
-    if sender.get("cmdline"):
-        lines.append(f"           cmdline {printable(' '.join(sender['cmdline']))}")
     if chain:
         lines.append(f"           parents {chain}")
     return lines

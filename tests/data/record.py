@@ -93,14 +93,20 @@ def _holder(mib: int) -> str:
 
 
 def _with_adj(adj: int, code: str) -> list[str]:
+    """argv for a Python process at `adj`. argv[0] is a plain "python3" (run with
+    executable=sys.executable): the records keep argv, and no path of the
+    recording machine belongs in them."""
     prologue = f"open('/proc/self/oom_score_adj', 'w').write('{adj}')\n"
-    return [sys.executable, "-c", prologue + code]
+    return ["python3", "-c", prologue + code]
 
 
 def _start_holder(group: Memcg, adj: int, mib: int) -> subprocess.Popen[bytes]:
     """An idle process that holds `mib` MiB in `group`, returned once it does."""
     holder = subprocess.Popen(
-        _with_adj(adj, _holder(mib)), preexec_fn=group.preexec, stdout=subprocess.PIPE
+        _with_adj(adj, _holder(mib)),
+        executable=sys.executable,
+        preexec_fn=group.preexec,
+        stdout=subprocess.PIPE,
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
     return holder
@@ -178,7 +184,9 @@ def oom_hog(pids: set[int], cgroups: set[str]) -> None:
 
     with memcg(64 * MiB) as group:
         cgroups.add(group.path.name)
-        hog = subprocess.Popen(_with_adj(0, HOG), preexec_fn=group.preexec)
+        hog = subprocess.Popen(
+            _with_adj(0, HOG), executable=sys.executable, preexec_fn=group.preexec
+        )
         pids.add(hog.pid)
         assert hog.wait(timeout=60) == -signal.SIGKILL
 
@@ -190,7 +198,9 @@ def holder_allocator(pids: set[int], cgroups: set[str]) -> None:
         cgroups.add(group.path.name)
         holder = _start_holder(group, 1000, 36)
         pids.add(holder.pid)
-        allocator = subprocess.Popen(_with_adj(0, ALLOCATOR), preexec_fn=group.preexec)
+        allocator = subprocess.Popen(
+            _with_adj(0, ALLOCATOR), executable=sys.executable, preexec_fn=group.preexec
+        )
         pids.add(allocator.pid)
         assert allocator.wait(timeout=60) == 0
         assert holder.wait(timeout=10) == -signal.SIGKILL
@@ -208,7 +218,9 @@ def group_kill(pids: set[int], cgroups: set[str]) -> None:
         # the kprobe's victim differs from the trigger; the rest die as members.
         holders = [_start_holder(group, adj, mib) for adj, mib in ((1000, 16), (0, 4), (0, 4))]
         pids.update(h.pid for h in holders)
-        allocator = subprocess.Popen(_with_adj(0, HOG), preexec_fn=group.preexec)
+        allocator = subprocess.Popen(
+            _with_adj(0, HOG), executable=sys.executable, preexec_fn=group.preexec
+        )
         pids.add(allocator.pid)
         # Slow emulated machines take their time over the OOM report.
         assert allocator.wait(timeout=300) == -signal.SIGKILL
@@ -223,7 +235,9 @@ def global_oom(pids: set[int], cgroups: set[str]) -> None:
     # OOM memcg) while the hog still has a cgroup of its own to be told apart.
     with _unkillable(), memcg(None) as group:
         cgroups.add(group.path.name)
-        hog = subprocess.Popen(_with_adj(0, HOG), preexec_fn=group.preexec)
+        hog = subprocess.Popen(
+            _with_adj(0, HOG), executable=sys.executable, preexec_fn=group.preexec
+        )
         pids.add(hog.pid)
         # Filling all of RAM, page cache reclaim first, is slow under emulation.
         assert hog.wait(timeout=900) == -signal.SIGKILL

@@ -20,7 +20,9 @@ from oomtrace.kernel import features, probes, records
 
 pytestmark = pytest.mark.kernel
 
-STRUCTS = sorted(kind.c_struct for kind in records.RECORD_KINDS)
+# Records, and the map values the agent writes.
+ALL_MIRRORS = {**records.MIRRORS, **records.MAP_MIRRORS}
+STRUCTS = sorted(ALL_MIRRORS)
 
 
 def _layout_text(plan: probes.Plan) -> str:
@@ -54,7 +56,7 @@ def _layout(cls: type[ctypes.Structure]) -> list[tuple[str, int, int]]:
 @pytest.mark.parametrize("name", STRUCTS)
 def test_mirror_matches_the_kernel_struct(bpf: Any, name: str) -> None:
     kernel = bpf[f"layout_{name}".encode()].Leaf
-    mirror = records.MIRRORS[name]
+    mirror = ALL_MIRRORS[name]
     # Names in order first: a padding field bcc inserted would show up here.
     assert [f[0] for f in kernel._fields_] == [f[0] for f in mirror._fields_]
     assert _layout(kernel) == _layout(mirror)
@@ -64,7 +66,7 @@ def test_mirror_matches_the_kernel_struct(bpf: Any, name: str) -> None:
 @pytest.mark.parametrize("name", STRUCTS)
 def test_field_types_have_the_kernels_width_and_signedness(bpf: Any, name: str) -> None:
     kernel = bpf[f"layout_{name}".encode()].Leaf
-    mirror = records.MIRRORS[name]
+    mirror = ALL_MIRRORS[name]
     probe = kernel()
     mine = mirror()
     for field, *_ in mirror._fields_:
@@ -84,7 +86,16 @@ def test_every_record_kind_has_a_mirror() -> None:
 
 
 DEFINE = re.compile(r"^#define\s+OOMTRACE_(\w+)\s+(\d+)\b", re.M)
-PREFIXES = ("REC_", "COMM_LEN", "CGROUP_PATH_LEN", "MEMCG_LEVELS", "TASK_", "MARK_VICTIM_", "INFO_")
+PREFIXES = (
+    "REC_",
+    "COMM_LEN",
+    "CGROUP_PATH_LEN",
+    "MEMCG_LEVELS",
+    "TASK_",
+    "MARK_VICTIM_",
+    "INFO_",
+    "ARGV_",
+)
 
 
 def _header_constants() -> dict[str, int]:
@@ -104,6 +115,10 @@ def test_header_constants_equal_the_decoders() -> None:
         "TASK_READ_FAILED",
         "MARK_VICTIM_PID_ONLY",
         "MARK_VICTIM_FULL",
+        "ARGV_LEN",
+        "ARGV_NONE",
+        "ARGV_EXEC",
+        "ARGV_PROC",
     ):
         assert expected in defined, expected
     for name, value in defined.items():

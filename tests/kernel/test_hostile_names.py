@@ -89,7 +89,7 @@ def test_hostile_names_signal_and_oom(agents: tuple[AgentProcess, TextAgent]) ->
         stop(victim, sender)
     assert killed["type"] == "signal"
     assert killed["sender"]["pid"] == sender.pid
-    assert_exact(killed["victim"], argv=False)
+    assert_exact(killed["victim"], argv=True)  # kept at exec, though it is gone
     assert_exact(killed["sender"], argv=True)
     assert is_printable(killed["explanation"])
     assert "\\x1b[2J\\x1b[31mEV\\n\\xff" in killed["explanation"]

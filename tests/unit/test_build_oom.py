@@ -25,6 +25,7 @@ from oomtrace.kernel.records import (
     MarkVictimRecord,
     OomKillRecord,
     Record,
+    SignalRecord,
     Task,
 )
 from oomtrace.pipeline import Agent
@@ -107,7 +108,9 @@ def replay(
     settings: Settings | None = None,
 ) -> list[Event]:
     """The events of `records`, built by the agent's own pipeline steps."""
-    probes: Any = types.SimpleNamespace(plan=types.SimpleNamespace(tier=tier))
+    probes: Any = types.SimpleNamespace(
+        plan=types.SimpleNamespace(tier=tier), commands=lambda: None
+    )
     agent = Agent(settings or Settings(), probes, [StreamSink(io.BytesIO(), fmt="json")])
     kills = []
     for record in records:
@@ -155,10 +158,14 @@ def test_memcg_oom_from_recorded_records() -> None:
     assert oom["memcg_source"] == "kernel_counters"
     assert oom["memcg_stat"]["limit_bytes"] == 64 * MiB
     assert oom["scope"] == "cgroup"
-    # The trigger is the allocator, with what /proc said of it while it lived.
+    # The trigger is the allocator, with what /proc said of it while it lived,
+    # but its argv as the kernel kept it at exec: that does not depend on timing.
     trigger = event["trigger"]
     assert trigger["pid"] == MARK.trigger.tgid != event["victim"]["pid"]
-    assert trigger["cmdline"] == ALLOCATOR_CMDLINE
+    assert MARK.trigger_argv is not None
+    assert trigger["cmdline"] == list(MARK.trigger_argv.args) != ALLOCATOR_CMDLINE
+    assert trigger["cmdline"][:2] == ["python3", "-c"]
+    assert trigger["cmdline_source"] == "exec"
     assert [p["comm"] for p in trigger["parents"]] == ["python3", "systemd"]
     assert trigger["cgroup"] == MEMCG
     # The victim at the kill, as mark_victim saw it, first; then the bystander.
@@ -192,7 +199,9 @@ def test_memcg_oom_without_evidence_says_so() -> None:
     oom = event["oom"]
     assert oom["memcg"] is None
     assert oom["memcg_stat"] is None
-    assert event["trigger"]["cmdline"] is None
+    # What the kernel kept needs no capture: the trigger's and victim's argv.
+    assert event["trigger"]["cmdline_source"] == "exec"
+    assert event["victim"]["cmdline_source"] == "exec"
     assert [h.get("victim") for h in oom["top_holders"]] == [True]
     assert "the limit that was hit is unknown" in event["explanation"]
 
@@ -211,11 +220,15 @@ GROUP = VM["group_kill"]
 GROUP_MEMCG = next(r.path for r in GROUP if isinstance(r, CgroupRecord))
 GROUP_KPROBE = next(r for r in GROUP if isinstance(r, OomKillRecord))
 GROWER_CMDLINE = ["python3", "-c", "grow until the group's limit"]
+# The members: the chosen holder, two idle ones and the growing allocator.
+GROUP_PIDS = {r.target.tgid for r in GROUP if isinstance(r, SignalRecord) and r.target}
+GROWER = GROUP_KPROBE.trigger.tgid
+IDLE = sorted(GROUP_PIDS - {GROWER, GROUP_KPROBE.victim_tgid})
 # Read by capture right after the kill, when the members' memory is going.
 GROUP_HOLDERS = (
-    Holder(pid=504, comm="python3", rss_kb=30000, oom_score_adj=0, cgroup=GROUP_MEMCG),
-    Holder(pid=502, comm="python3", rss_kb=4000, oom_score_adj=0, cgroup=GROUP_MEMCG),
-    Holder(pid=503, comm="python3", rss_kb=3900, oom_score_adj=0, cgroup=GROUP_MEMCG),
+    Holder(pid=GROWER, comm="python3", rss_kb=30000, oom_score_adj=0, cgroup=GROUP_MEMCG),
+    Holder(pid=IDLE[0], comm="python3", rss_kb=4000, oom_score_adj=0, cgroup=GROUP_MEMCG),
+    Holder(pid=IDLE[1], comm="python3", rss_kb=3900, oom_score_adj=0, cgroup=GROUP_MEMCG),
 )
 
 
@@ -242,10 +255,10 @@ def test_group_kill_from_recorded_records() -> None:
     events = replay(GROUP, group_evidence, tier="kprobe")
     assert [e["type"] for e in events] == ["oom_kill"] * 4
     by_pid = {e["victim"]["pid"]: e for e in events}
-    assert set(by_pid) == {501, 502, 503, 504}
+    assert set(by_pid) == GROUP_PIDS and len(GROUP_PIDS) == 4 and len(IDLE) == 2
     chosen = by_pid[GROUP_KPROBE.victim_tgid]
     assert chosen["group_kill"] is False
-    assert all(e["group_kill"] for pid, e in by_pid.items() if pid != 501)
+    assert all(e["group_kill"] for pid, e in by_pid.items() if pid != GROUP_KPROBE.victim_tgid)
     assert len({e["oom"]["context_id"] for e in events}) == 1
     for event in events:
         oom = event["oom"]
@@ -254,16 +267,19 @@ def test_group_kill_from_recorded_records() -> None:
         assert oom["memcg_source"] == "kprobe"
         assert oom["memcg_stat"]["limit_bytes"] == 64 * MiB
         assert oom["scope"] == "cgroup"
-        assert event["trigger"]["pid"] == 504
-        assert event["trigger"]["cmdline"] == GROWER_CMDLINE
+        assert event["trigger"]["pid"] == GROWER
+        # Every member's event names the trigger's argv as the kernel kept it.
+        assert event["trigger"]["cmdline"][:2] == ["python3", "-c"]
+        assert event["trigger"]["cmdline_source"] == "exec"
+        assert event["victim"]["cmdline"][:2] == ["python3", "-c"]
         assert event["victim"]["cgroup"] == GROUP_MEMCG
         assert event["victim"]["exit"]["code"] == 137
-        assert {h["pid"] for h in oom["top_holders"]} >= {502, 503}
+        assert {h["pid"] for h in oom["top_holders"]} >= set(IDLE)
         assert oom["victim_badness"]["total_pages"] == GROUP_KPROBE.totalpages
     # Only the chosen victim carries the kernel's own points.
     assert chosen["oom"]["victim_badness"]["points"] == GROUP_KPROBE.chosen_points
-    assert by_pid[502]["oom"]["victim_badness"]["points"] is None
-    assert "with the process it chose" in by_pid[502]["explanation"]
+    assert by_pid[IDLE[0]]["oom"]["victim_badness"]["points"] is None
+    assert "with the process it chose" in by_pid[IDLE[0]]["explanation"]
     assert f"memcg {GROUP_MEMCG} reached its 64 MiB limit" in chosen["explanation"]
 
 
@@ -307,7 +323,8 @@ def test_global_oom_with_top_holders_and_badness(tier: str) -> None:
     assert "the node ran out of memory (global OOM)" in event["explanation"]
     mark = next(r for r in GLOBAL if isinstance(r, MarkVictimRecord))
     assert mark.victim_memory is not None
-    victim_kb = mark.victim_memory.anon_rss_kb
+    m = mark.victim_memory
+    victim_kb = m.anon_rss_kb + m.file_rss_kb + m.shmem_rss_kb
     # The node's largest holders, from the evidence; the victim at its size when chosen.
     assert [(h["comm"], h["rss_kb"], h.get("victim", False)) for h in oom["top_holders"]] == [
         ("python", victim_kb, True),

@@ -21,7 +21,7 @@ from oomtrace.capture import NO_EVIDENCE, Evidence, Seen
 from oomtrace.config import Settings
 from oomtrace.display import is_printable
 from oomtrace.host.procfs import Parent, ProcSnapshot
-from oomtrace.kernel.records import ExitRecord, Record, SignalRecord, Task
+from oomtrace.kernel.records import Argv, ExitRecord, Record, SignalRecord, Task
 from oomtrace.pipeline import Agent
 from oomtrace.sinks.stream import StreamSink, json_line, text_block
 from tests.support.recorded import scenarios
@@ -49,6 +49,8 @@ def _records() -> list[Record]:
                 sender=_hostile(recorded.sender, SENDER_COMM),
                 target_comm=os.fsdecode(HOSTILE_COMM),
                 target=_hostile(recorded.target, HOSTILE_COMM),
+                # The kernel keeps the argv the process exec'd with.
+                target_argv=Argv(tuple(os.fsdecode(a) for a in HOSTILE_ARGV), "exec", False),
             )
         elif isinstance(recorded, ExitRecord):
             record = dataclasses.replace(recorded, victim=_hostile(recorded.victim, HOSTILE_COMM))
@@ -86,7 +88,9 @@ def _evidence(record: Record) -> Evidence:
 
 @pytest.fixture(scope="module")
 def event() -> dict[str, Any]:
-    probes: Any = types.SimpleNamespace(plan=types.SimpleNamespace(tier="tracepoint"))
+    probes: Any = types.SimpleNamespace(
+        plan=types.SimpleNamespace(tier="tracepoint"), commands=lambda: None
+    )
     agent = Agent(Settings(), probes, [StreamSink(io.BytesIO(), fmt="json")])
     kills = []
     for record in _records():

@@ -114,7 +114,9 @@ def kill_records(victim: int, victim_start_ns: int) -> list[bytes]:
 
 
 def _agent(sink: io.BytesIO) -> Agent:
-    probes: Any = types.SimpleNamespace(plan=types.SimpleNamespace(tier="tracepoint"))
+    probes: Any = types.SimpleNamespace(
+        plan=types.SimpleNamespace(tier="tracepoint"), commands=lambda: None
+    )
     return Agent(Settings(), probes, [StreamSink(sink, fmt="json")])
 
 

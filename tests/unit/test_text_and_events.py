@@ -37,8 +37,12 @@ def oom_event(**overrides: Any) -> Event:
             "uid": 0,
             "oom_score_adj": 1000,
             "cgroup": "/kubepods/besteffort/pod1234/abcd",
-            "cmdline": None,
+            "cmdline": ["python3", "worker.py", "--queue", "orders"],
+            "cmdline_source": "exec",
+            "cmdline_truncated": False,
             "ppid": 10280,
+            "started": "2026-11-24T05:50:51.500000000Z",
+            "age_s": 15132.5,
             "k8s": {
                 "namespace": "shop",
                 "pod": "cart-7d9f",
@@ -80,6 +84,8 @@ def oom_event(**overrides: Any) -> Event:
             "oom_score_adj": 0,
             "cgroup": "/kubepods/besteffort/pod1234/ef01",
             "cmdline": ["java", "-jar", "app.jar"],
+            "cmdline_source": "proc",
+            "cmdline_truncated": False,
             "parents": [{"pid": 10280, "comm": "containerd-shim"}, {"pid": 1, "comm": "init"}],
             "k8s": {"namespace": "shop", "pod": "cart-7d9f", "container": "sidecar"},
         },
@@ -119,7 +125,11 @@ def signal_event(**overrides: Any) -> Event:
             "oom_score_adj": 0,
             "cgroup": "/user.slice/user-1000.slice/session-3.scope",
             "cmdline": ["sleep", "300"],
+            "cmdline_source": "exec",
+            "cmdline_truncated": False,
             "ppid": 4000,
+            "started": "2026-11-24T10:03:02.800000000Z",
+            "age_s": 1.2,
             "exit": {
                 "observed": True,
                 "status": 9,
@@ -145,6 +155,8 @@ def signal_event(**overrides: Any) -> Event:
             "oom_score_adj": 0,
             "cgroup": "/user.slice/user-1000.slice/session-3.scope",
             "cmdline": ["/bin/sh", "./evict-by-hand.sh"],
+            "cmdline_source": "exec",
+            "cmdline_truncated": False,
             "parents": [
                 {"pid": 4100, "comm": "bash"},
                 {"pid": 900, "comm": "sshd"},
@@ -175,7 +187,9 @@ def test_oom_kill_first_line_names_pod_container_and_victim() -> None:
 
 def test_oom_kill_block_gives_the_key_facts() -> None:
     text = render(oom_event())
-    victim, cgroup, trigger, memcg, exit_ = _lines(oom_event())[1:]
+    victim, cgroup, cmdline, started, trigger, trigger_cmdline, memcg, exit_ = _lines(oom_event())[
+        1:
+    ]
     assert victim.split() == [
         "victim",
         "python3",
@@ -194,6 +208,11 @@ def test_oom_kill_block_gives_the_key_facts() -> None:
         "kB",
     ]
     assert cgroup.strip() == "cgroup /kubepods/besteffort/pod1234/abcd"
+    assert cmdline.strip() == "cmdline python3 worker.py --queue orders"
+    assert started.strip() == (
+        "started 2026-11-24T05:50:51.500000000Z (4 h 12 min before the kill)"
+    )
+    assert trigger_cmdline.strip() == "cmdline java -jar app.jar"
     assert trigger.split() == [
         "trigger",
         "java",
@@ -222,7 +241,7 @@ def test_oom_kill_outside_kubernetes_names_the_cgroup() -> None:
     assert lines[0] == (
         f"{TIME}  OOM KILL  cgroup /kubepods/besteffort/pod1234/abcd  python3 (pid 10287)"
     )
-    assert lines[3].endswith("in cgroup /kubepods/besteffort/pod1234/ef01")
+    assert lines[5].endswith("in cgroup /kubepods/besteffort/pod1234/ef01")
 
 
 def test_group_kill_names_its_oom_context() -> None:
@@ -281,14 +300,16 @@ def test_signal_block_names_the_sender_with_tty_and_parents() -> None:
         lines[1]
         == "  victim   sleep (pid 4242)  cgroup /user.slice/user-1000.slice/session-3.scope"
     )
-    assert lines[2] == (
+    assert lines[2] == "           cmdline sleep 300"
+    assert lines[3] == "           started 2026-11-24T10:03:02.800000000Z (1.2 s before the kill)"
+    assert lines[4] == (
         "  sender   evict-by-hand.s (pid 4300)  uid 1000  tty pts/3  "
         "in cgroup /user.slice/user-1000.slice/session-3.scope"
     )
-    assert lines[3] == "           cmdline /bin/sh ./evict-by-hand.sh"
-    assert lines[4] == "           parents bash(4100) <- sshd(900) <- systemd(1)"
-    assert lines[5] == "  exit     exit code 137 after 0.25 ms"
-    assert len(lines) == 6
+    assert lines[5] == "           cmdline /bin/sh ./evict-by-hand.sh"
+    assert lines[6] == "           parents bash(4100) <- sshd(900) <- systemd(1)"
+    assert lines[7] == "  exit     exit code 137 after 0.25 ms"
+    assert len(lines) == 8
 
 
 def test_sigterm_from_a_daemon_without_tty() -> None:
@@ -304,11 +325,13 @@ def test_sigterm_from_a_daemon_without_tty() -> None:
     )
     event["sender"].update(tty=None, cmdline=None, parents=[], comm="kubelet", pid=700)
     event["sender"]["k8s"] = None
-    event["victim"]["exit"] = None  # handled: the process lived on
+    event["victim"].update(exit=None, cmdline=None, age_s=None)  # handled: it lived on
     lines = _lines(event)
     assert lines[0].startswith(f"{TIME}  SIGTERM (SI_USER)  ")
     assert "kubelet (pid 700)" in lines[2] and "tty -" in lines[2]
-    assert not any("cmdline" in line or "parents" in line or "exit " in line for line in lines)
+    assert not any(
+        word in line for line in lines for word in ("cmdline", "parents", "exit ", "started")
+    )
 
 
 # -- lost --------------------------------------------------------------------------------

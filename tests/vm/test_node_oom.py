@@ -20,16 +20,23 @@ from tests.support.agent import AgentProcess, victim_pid
 pytestmark = pytest.mark.vm
 
 IDLE = "import sys, time\nb = b'x' * (64 << 20)\nprint('held', flush=True)\ntime.sleep(600)\n"
-# Grows until the process given in argv[1] is dead (zombie or gone), then holds
+# Grows until the process given in argv[1] has been sent its SIGKILL, then holds
 # what it has: one OOM kill, and the hog still on top when the agent reads /proc.
+# It stops at the kill, not at the victim's death: under emulation the victim can
+# take long to exit, and a hog still growing meanwhile draws a second OOM, whose
+# victim is the hog itself. The kernel's SIGKILL stays in the group's shared
+# pending set (ShdPnd, bit 8) from the kill until the process is reaped.
 HOG_UNTIL = """
 import sys, time
 def alive(pid):
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
     except OSError:
         return False
+    if fields["State"].split()[0] in "ZX":
+        return False
+    return not int(fields["ShdPnd"], 16) & (1 << 8)
 x = []
 while alive(sys.argv[1]):
     x.append(bytearray(1 << 20))
@@ -74,6 +81,7 @@ def test_host_hog_drives_a_global_oom(agents: dict[str, AgentProcess]) -> None:
         try:
             assert idle.wait(timeout=300) == -signal.SIGKILL
             event = agents["kprobe"].wait_for(victim_pid(idle.pid), timeout=60)
+            assert hog.poll() is None, "a second OOM took the hog: it grew past the kill"
         finally:
             hog.kill()
             hog.wait()

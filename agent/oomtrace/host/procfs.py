@@ -320,6 +320,18 @@ def top_memory_holders(pids: Iterable[int], n: int) -> list[MemoryHolder]:
     return heapq.nlargest(n, holders, key=lambda h: h.rss_kb)
 
 
+def raw_cmdline(pid: int) -> bytes | None:
+    """/proc/<pid>/cmdline as the kernel keeps it (NUL-separated, up to
+    CMDLINE_MAX); empty for kernel threads and zombies, None when gone."""
+    dir_fd = _open_pid(pid)
+    if dir_fd is None:
+        return None
+    try:
+        return _read(dir_fd, "cmdline", CMDLINE_MAX)
+    finally:
+        os.close(dir_fd)
+
+
 def all_pids() -> list[int]:
     """Every process on the node (as this pid namespace sees it)."""
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]

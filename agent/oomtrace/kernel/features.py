@@ -31,6 +31,9 @@ TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
     "OFF_TASK_CGROUPS": ("task_struct", "cgroups"),
     "OFF_TASK_EXIT_CODE": ("task_struct", "exit_code"),
     "OFF_TASK_REAL_CRED": ("task_struct", "real_cred"),
+    "OFF_TASK_MM": ("task_struct", "mm"),
+    "OFF_MM_ARG_START": ("mm_struct", "arg_start"),
+    "OFF_MM_ARG_END": ("mm_struct", "arg_end"),
     "OFF_CRED_UID": ("cred", "uid"),
     "OFF_SIGNAL_OOM_SCORE_ADJ": ("signal_struct", "oom_score_adj"),
     "OFF_SIGNAL_TTY": ("signal_struct", "tty"),
@@ -256,8 +259,11 @@ class KernelFeatures:
         return fmt is not None and field_name in fmt.fields
 
 
-# What the record kinds are written from: the tracepoints the loader may attach.
-TRACEPOINTS: Final = records.tracepoints()
+# What commands.bpf.c attaches: it writes a map, not records.
+COMMANDS_HOOKS: Final = ("sched:sched_process_exec", "sched:sched_process_fork")
+# What the record kinds are written from, and the commands program: the
+# tracepoints the loader may attach.
+TRACEPOINTS: Final = records.tracepoints() + COMMANDS_HOOKS
 
 
 def probe_kernel(tracefs: Path, *, btf_path: Path = BTF_VMLINUX) -> KernelFeatures:

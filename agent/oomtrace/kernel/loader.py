@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import mmap
 import os
@@ -45,6 +46,9 @@ RINGBUF_HDR: Final = 8
 PAGE: Final = mmap.PAGESIZE  # mmap offsets and the ring buffer layout are in these
 
 MAPS: Final = ("events", "lost_records", "traced_signals")
+# Present only when their program is loaded (commands.bpf.c).
+OPTIONAL_MAPS: Final = ("commands", "commands_full")
+BPF_NOEXIST: Final = 1  # BPF_MAP_UPDATE_ELEM flag: only insert, never replace
 # A compile on a loaded node is slow, but one that takes this long is stuck.
 CHILD_TIMEOUT_S: Final = 600.0
 MAX_FDS: Final = 64
@@ -130,8 +134,14 @@ class Compiled:
         fds: list[int] = []
         names: list[str] = []
         for name in maps:
+            try:
+                fd = self.bpf[name].map_fd
+            except KeyError:
+                if name in OPTIONAL_MAPS:
+                    continue
+                raise
             names.append(f"map:{name}")
-            fds.append(self.bpf[name].map_fd)
+            fds.append(fd)
         for table in (self.bpf.tracepoint_fds, self.bpf.raw_tracepoint_fds):
             for hook, fd in table.items():
                 names.append(f"link:{_text(hook)}")
@@ -144,6 +154,13 @@ class Compiled:
 
     def set_mask(self, mask: int) -> None:
         self.bpf["traced_signals"][ctypes.c_int(0)] = ctypes.c_uint64(mask)
+
+    def commands_fds(self) -> tuple[int, int] | None:
+        """The commands map and its full counter, when the program is loaded."""
+        try:
+            return self.bpf["commands"].map_fd, self.bpf["commands_full"].map_fd
+        except KeyError:
+            return None
 
     def open(self, callback: RawCallback) -> None:
         def on_record(_ctx: Any, data: Any, size: int) -> int:
@@ -180,7 +197,7 @@ def child_main(sock_fd: int) -> None:
         compiled = Compiled(
             request["text"], Path(source) if source else None, request["kprobe_symbol"]
         )
-        fds, names = compiled.handover_fds(MAPS)
+        fds, names = compiled.handover_fds(MAPS + OPTIONAL_MAPS)
         meta = {
             "names": names,
             "compiler_output": compiled.compiler_output,
@@ -375,15 +392,43 @@ class BpfMap:
         raw = self.lookup(key)
         return sum(struct.unpack_from("<Q", raw, n * self.slot)[0] for n in range(self.slots))
 
-    def update(self, key: int, value: bytes) -> None:
+    def update(self, key: int, value: bytes, *, flags: int = 0) -> None:
         if len(value) != self.value_size:
             raise ValueError(f"value of {len(value)} bytes for a map of {self.value_size}")
         k = ctypes.c_uint32(key)
         v = ctypes.create_string_buffer(value, len(value))
         _bpf(
             BPF_MAP_UPDATE_ELEM,
-            _ElemAttr(map_fd=self.fd, key=ctypes.addressof(k), value=ctypes.addressof(v)),
+            _ElemAttr(
+                map_fd=self.fd, key=ctypes.addressof(k), value=ctypes.addressof(v), flags=flags
+            ),
         )
+
+
+class Commands:
+    """The commands map (bpf/common.bpf.h) as the agent uses it: seeded with the
+    processes that exec'd before the programs were attached, and its count of
+    processes left out because it was full."""
+
+    def __init__(self, fds: tuple[int, int]) -> None:
+        self._map = BpfMap(fds[0])
+        self._full = BpfMap(fds[1], per_cpu=True)
+
+    def seed(self, tgid: int, value: bytes) -> bool:
+        """Adds ``tgid``'s entry unless the kernel has one (an exec since the
+        attach is newer than anything /proc said before). False when full."""
+        try:
+            self._map.update(tgid, value, flags=BPF_NOEXIST)
+        except OSError as exc:
+            if exc.errno == errno.EEXIST:
+                return True
+            if exc.errno == errno.E2BIG:
+                return False
+            raise
+        return True
+
+    def full(self) -> int:
+        return self._full.sum_u64(0)
 
 
 class RingBuffer:
@@ -476,6 +521,11 @@ class Handed:
 
     def set_mask(self, mask: int) -> None:
         self._signals.update(0, struct.pack("<Q", mask))
+
+    def commands_fds(self) -> tuple[int, int] | None:
+        """The commands map and its full counter, when the program is loaded."""
+        fd, full = self.fds.get("map:commands"), self.fds.get("map:commands_full")
+        return (fd, full) if fd is not None and full is not None else None
 
     def open(self, callback: RawCallback) -> None:
         self._callback = callback

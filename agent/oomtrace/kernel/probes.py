@@ -15,7 +15,7 @@ from typing import Final
 
 from oomtrace.host.procfs import PAGE_SIZE
 from oomtrace.kernel import loader, records
-from oomtrace.kernel.features import KernelFeatures, find_symbol
+from oomtrace.kernel.features import COMMANDS_HOOKS, KernelFeatures, find_symbol
 from oomtrace.kernel.loader import Compiled, RawCallback
 from oomtrace.kernel.records import PENDING_KILLS_MAX, REC_DELIVER, REC_KINDS
 from oomtrace.sigdefs import SIGKILL, signal_mask
@@ -54,6 +54,21 @@ PROGRAMS: Final = (
     Program.writing("oom_victim", "oom_victim.bpf.c", required=True, tier="tracepoint"),
     Program.writing("cgroups", "cgroups.bpf.c", required=False, tier="tracepoint"),
 )
+
+# Writes no records, so its hooks are named here: it keeps each process's argv
+# from exec (and fork) for the records of its kill to copy.
+COMMANDS_PROGRAM: Final = Program(
+    "commands",
+    "commands.bpf.c",
+    COMMANDS_HOOKS,
+    required=False,
+    tier="tracepoint",
+)
+# Entries of the commands map: live processes whose argv is kept. Each takes
+# about 400 bytes of kernel memory (a 264-byte value, the key, the hash
+# element), allocated as processes exec, so a node with 2 000 processes uses
+# some 800 KiB and a full map 13 MiB.
+ARGV_MAX: Final = 32768
 
 DEFAULT_RINGBUF_PAGES: Final = 1024
 DELIVER_HOOK: Final = records.BY_CODE[REC_DELIVER].hooks[0]
@@ -129,6 +144,7 @@ def plan(
             missing[program.name] = reason
             continue
         programs.append(program)
+    _plan_commands(features, programs, defines, missing)
 
     chosen = "tracepoint"
     kprobe_symbol: str | None = None
@@ -165,6 +181,34 @@ def _needs_deliver(features: KernelFeatures, signals: frozenset[int]) -> bool:
     cannot read the target's tgid (no task offsets), or when a signal other
     than SIGKILL is traced (a handler may catch it; only delivery tells)."""
     return features.offsets is None or signals != {SIGKILL}
+
+
+def _plan_commands(
+    features: KernelFeatures,
+    programs: list[Program],
+    defines: dict[str, str],
+    missing: dict[str, str],
+) -> None:
+    why_not = _commands_unavailable(features)
+    if why_not is None:
+        programs.append(COMMANDS_PROGRAM)
+        defines["OOMTRACE_HAVE_ARGV"] = "1"
+        defines["OOMTRACE_ARGV_MAX"] = str(ARGV_MAX)
+    else:
+        missing[COMMANDS_PROGRAM.name] = (
+            f"{why_not}; command lines come from /proc while the process lives"
+        )
+
+
+def _commands_unavailable(features: KernelFeatures) -> str | None:
+    """Why argv cannot be kept from exec: the program walks task_struct to the
+    mm, and tells a new process from a new thread by the fork's child task."""
+    if features.offsets is None:
+        return "no BTF offsets to read a process's mm"
+    absent = [h for h in COMMANDS_PROGRAM.hooks if not features.has_tracepoint(h)]
+    if absent:
+        return f"tracepoint {', '.join(absent)} not in this kernel"
+    return None
 
 
 def _kprobe_unavailable(features: KernelFeatures) -> str | None:
@@ -232,6 +276,11 @@ class Probes:
         """Records dropped for lack of ring-buffer room since load, by kind."""
         counts = {kind: self.backend.lost(kind) for kind in range(REC_KINDS)}
         return {kind: n for kind, n in counts.items() if n}
+
+    def commands(self) -> loader.Commands | None:
+        """The commands map, when argv is kept from exec on this kernel."""
+        fds = self.backend.commands_fds()
+        return loader.Commands(fds) if fds is not None else None
 
     def ring_peak(self) -> tuple[int, int] | None:
         """(the largest backlog a read found, the ring's size) in bytes, if known."""

@@ -25,6 +25,7 @@ from typing import Any, Final, Generic, TypeVar
 COMM_LEN: Final = 16
 MEMCG_LEVELS: Final = 4
 CGROUP_PATH_LEN: Final = 512
+ARGV_LEN: Final = 256
 
 REC_SIGNAL: Final = 1
 REC_MARK_VICTIM: Final = 2
@@ -52,6 +53,11 @@ INFO_SIGINFO: Final = 3
 MARK_VICTIM_PID_ONLY: Final = 0
 MARK_VICTIM_FULL: Final = 1
 
+ARGV_NONE: Final = 0
+ARGV_EXEC: Final = 1
+ARGV_PROC: Final = 2
+ARGV_SOURCES: Final = {ARGV_EXEC: "exec", ARGV_PROC: "proc"}
+
 _u16, _u32, _s32 = ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int32
 _u64, _s64 = ctypes.c_uint64, ctypes.c_int64
 _comm = ctypes.c_char * COMM_LEN
@@ -77,6 +83,22 @@ def _task(role: str) -> _Fields:
     ]
 
 
+def _argv(role: str) -> _Fields:
+    # Bytes, not c_char: a ctypes char array reads back cut at its first NUL,
+    # and argv is NUL-separated.
+    return [
+        (f"{role}_argv_size", _u32),
+        (f"{role}_argv_source", _u32),
+        (f"{role}_argv", ctypes.c_ubyte * ARGV_LEN),
+    ]
+
+
+class RawArgv(ctypes.Structure):
+    """struct oomtrace_argv: a value of the commands map, which the agent seeds."""
+
+    _fields_ = [("size", _u32), ("source", _u32), ("args", ctypes.c_ubyte * ARGV_LEN)]
+
+
 class RawSignal(ctypes.Structure):
     _fields_ = [
         *_HEADER,
@@ -98,6 +120,8 @@ class RawSignal(ctypes.Structure):
         ("target_oom_score_adj", _s32),
         ("target_flags", _u32),
         ("sender_tty", _comm),
+        *_argv("target"),
+        *_argv("sender"),
     ]
 
 
@@ -118,6 +142,7 @@ class RawMarkVictim(ctypes.Structure):
         ("trigger_memcg_ids", _u64 * MEMCG_LEVELS),
         ("trigger_memcg_usage_pages", _u64 * MEMCG_LEVELS),
         ("trigger_memcg_max_pages", _u64 * MEMCG_LEVELS),
+        *_argv("trigger"),
     ]
 
 
@@ -246,6 +271,35 @@ class Task:
 
 
 @dataclass(frozen=True, slots=True)
+class Argv:
+    """A process's command line kept while it lived: at its exec, by the kernel
+    (or inherited at fork), or from /proc when the agent started."""
+
+    args: tuple[str, ...]
+    source: str  # "exec" | "proc"
+    truncated: bool  # the kernel kept the first ARGV_LEN bytes of a longer argv
+
+
+def decode_argv(size: int, source: int, raw: bytes) -> Argv | None:
+    """An argv from a record's or a map entry's fields; None when none was kept."""
+    name = ARGV_SOURCES.get(source)
+    if name is None:
+        return None
+    truncated = size > ARGV_LEN
+    parts = raw[: min(size, ARGV_LEN)].split(b"\0")
+    if parts and not parts[-1]:
+        parts.pop()  # the NUL that ends the last argument, or a cut right after one
+    return Argv(tuple(p.decode("utf-8", "surrogateescape") for p in parts), name, truncated)
+
+
+def _argv_of(r: ctypes.Structure, role: str) -> Argv | None:
+    source = getattr(r, f"{role}_argv_source")
+    if source == ARGV_NONE:
+        return None
+    return decode_argv(getattr(r, f"{role}_argv_size"), source, bytes(getattr(r, f"{role}_argv")))
+
+
+@dataclass(frozen=True, slots=True)
 class SignalRecord:
     ktime_ns: int
     cpu: int
@@ -261,6 +315,9 @@ class SignalRecord:
     # The target task read in the kernel at generate time (raw tracepoint).
     target: Task | None = None
     sender_tty: str | None = None
+    # Kept from exec in the kernel, copied into the record at the kill.
+    target_argv: Argv | None = None
+    sender_argv: Argv | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +353,7 @@ class MarkVictimRecord:
     victim_memory: VictimMemory | None
     # The trigger's memcg and its ancestors at the kill, nearest first.
     trigger_memcgs: tuple[MemcgCounter, ...] = ()
+    trigger_argv: Argv | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +426,8 @@ def _signal(r: RawSignal) -> SignalRecord:
         info_kind=r.info_kind,
         target=None if r.target_flags & TASK_NO_OFFSETS else _target(r),
         sender_tty=_tty(_text(r.sender_tty)),
+        target_argv=_argv_of(r, "target"),
+        sender_argv=_argv_of(r, "sender"),
     )
 
 
@@ -425,6 +485,7 @@ def _mark_victim(r: RawMarkVictim) -> MarkVictimRecord:
             )
             if mid
         ),
+        trigger_argv=_argv_of(r, "trigger"),
     )
 
 
@@ -576,6 +637,8 @@ KIND_NAMES: Final[dict[int, str]] = {kind.code: kind.name for kind in RECORD_KIN
 MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
     kind.c_struct: kind.mirror for kind in RECORD_KINDS
 }
+# Structs the agent writes into maps, checked the same way.
+MAP_MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {"oomtrace_argv": RawArgv}
 # (mirror, builder) by code, the shape bench/hotpath.py's struct-based decoder reads.
 _DECODERS: Final[dict[int, tuple[type[ctypes.Structure], Callable[[Any], Record]]]] = {
     kind.code: (kind.mirror, kind.decode) for kind in RECORD_KINDS
