@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import time
-from datetime import UTC, datetime
 from typing import Final
 
 from oomtrace import oom
@@ -23,10 +22,13 @@ from oomtrace.host.procfs import CLK_TCK, PAGE_SIZE, Parent, ProcSnapshot
 from oomtrace.kernel import features
 from oomtrace.kernel.features import KernelVocabulary
 from oomtrace.kernel.records import Argv, OomKillRecord, Task
-from oomtrace.schema import SCHEMA, Event
+from oomtrace.schema import SCHEMA, Event, utc_second
 from oomtrace.sigdefs import GENERATE_RESULTS, code_name, kernel_generated, signal_name
 
 TOP_HOLDERS: Final = 5
+
+
+_STAMPS_KEPT: Final = 256
 
 
 class Clock:
@@ -36,6 +38,7 @@ class Clock:
     def __init__(self) -> None:
         self.offset_ns = 0
         self.boot_offset_ns = 0
+        self._stamps: dict[int, str] = {}
         self.resync()
 
     def resync(self) -> None:
@@ -51,10 +54,15 @@ class Clock:
         self.boot_offset_ns = boot - (before + after) // 2
 
     def rfc3339(self, ktime_ns: int) -> str:
-        wall = ktime_ns + self.offset_ns
-        seconds, nanos = divmod(wall, 1_000_000_000)
-        stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{stamp}.{nanos:09d}Z"
+        seconds, nanos = divmod(ktime_ns + self.offset_ns, 1_000_000_000)
+        # A storm's events share their second, and its victims their start's:
+        # each second is formatted once.
+        stamp = self._stamps.get(seconds)
+        if stamp is None:
+            if len(self._stamps) >= _STAMPS_KEPT:
+                self._stamps.clear()
+            stamp = self._stamps[seconds] = utc_second(seconds)
+        return f"{stamp}.{nanos:09d}Z"  # as schema.rfc3339
 
 
 class EventBuilder:

@@ -9,6 +9,7 @@ this module imports nothing else of the agent.
 from __future__ import annotations
 
 import base64
+import time
 from enum import StrEnum
 from typing import Any, Final
 
@@ -44,6 +45,17 @@ MIB: Final = 1 << 20
 def mib(value: object, digits: int = 1) -> str:
     """A byte count in MiB for people, or "?" when it is unknown."""
     return f"{value / MIB:.{digits}f} MiB" if isinstance(value, int) else "?"
+
+
+def utc_second(seconds: int) -> str:
+    """An RFC 3339 UTC date and time, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def rfc3339(wall_ns: int) -> str:
+    """Nanoseconds since the epoch as every time in an event is written."""
+    seconds, nanos = divmod(wall_ns, 1_000_000_000)
+    return f"{utc_second(seconds)}.{nanos:09d}Z"
 
 
 def duration(seconds: float) -> str:

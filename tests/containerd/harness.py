@@ -361,6 +361,21 @@ class Containerd:
     def start_container(self, container: Container) -> None:
         self._rpc("StartContainer", api_pb2.StartContainerRequest(container_id=container.id))
 
+    def restart_container(
+        self, previous: Container, argv: list[str], memory_limit_bytes: int | None = None
+    ) -> Container:
+        """Runs a dead container again as the kubelet does: CreateContainer with the same
+        name, ContainerMetadata.attempt and the io.kubernetes.container.restartCount
+        annotation one more than the previous run's (pkg/kubelet/kuberuntime/
+        kuberuntime_container.go, startContainer and generateContainerConfig; labels.go,
+        newContainerAnnotations), then StartContainer. The dead container is kept, as the
+        kubelet keeps the last one for its logs."""
+        container = self.create_container(
+            previous.pod, previous.name, argv, memory_limit_bytes, attempt=previous.attempt + 1
+        )
+        self.start_container(container)
+        return container
+
     def stop_container(self, container: Container, timeout: int = 0) -> None:
         request = api_pb2.StopContainerRequest(container_id=container.id, timeout=timeout)
         self._rpc("StopContainer", request)

@@ -95,6 +95,9 @@ def test_resolver_names_containers_sandboxes_and_removed_containers(
 
     app_path = cgroup_of(containerd, app)
     assert app_path == f"/kubepods/burstable/pod{uid}/{app.id}"
+    app_started = containerd.status(app).started_at
+    assert app_started is not None
+    seconds, nanos = divmod(app_started, 1_000_000_000)
     assert resolver.resolve(app_path) == (
         {
             "namespace": "shop",
@@ -106,6 +109,9 @@ def test_resolver_names_containers_sandboxes_and_removed_containers(
             "qos_class": "Burstable",
             "runtime": "containerd",
             "attempt": 2,
+            "restart_count": 2,
+            "container_started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            + f".{nanos:09d}Z",
             "sandbox": False,
         },
         [],
@@ -193,6 +199,8 @@ def test_containerd_outage_and_recovery(
         "qos_class": "BestEffort",
         "runtime": "containerd",  # from the Version() answer before the outage
         "attempt": None,
+        "restart_count": None,
+        "container_started": None,
         "sandbox": None,
     }
     late = resolvers(containerd.endpoint, refresh_interval=60.0)  # born during the outage

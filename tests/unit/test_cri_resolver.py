@@ -29,6 +29,10 @@ CID = "c" * 64
 SID = "5" * 64
 NEW_CID = "d" * 64
 IMAGE_ID = "sha256:" + "e" * 64
+# When the canned containers started, as ContainerStatus reports it and as events show it.
+STARTED_NS = 1_764_000_000_123_456_789
+STARTED = "2025-11-24T16:00:00.123456789Z"
+RESTART_COUNT = "io.kubernetes.container.restartCount"
 WAIT = 0.25
 # Slack for scheduling on a loaded 2-core CI machine; the wait itself is the bound under test.
 SLACK = 0.2
@@ -66,13 +70,17 @@ def container_pb(
     attempt: int = 3,
     image: str = "registry.example/shop/web:1.2",
     labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    state: api_pb2.ContainerState = api_pb2.CONTAINER_RUNNING,
+    created_at: int = 2,
 ) -> Any:
     container = api_pb2.Container(
         id=container_id,
         pod_sandbox_id=SID,
-        state=api_pb2.CONTAINER_RUNNING,
-        created_at=2,
+        state=state,
+        created_at=created_at,
         labels=pod_labels() if labels is None else labels,
+        annotations=annotations or {},
     )
     container.image.image = image
     if name is not None:
@@ -80,9 +88,14 @@ def container_pb(
     return container
 
 
-def status_of(container: Any) -> Any:
+def status_of(container: Any, started_at: int = STARTED_NS) -> Any:
     status = api_pb2.ContainerStatus(
-        id=container.id, state=container.state, labels=dict(container.labels)
+        id=container.id,
+        state=container.state,
+        labels=dict(container.labels),
+        annotations=dict(container.annotations),
+        created_at=container.created_at,
+        started_at=0 if container.state == api_pb2.CONTAINER_CREATED else started_at,
     )
     if container.HasField("metadata"):
         status.metadata.CopyFrom(container.metadata)
@@ -252,6 +265,8 @@ def path_only(container_id: str | None = CID, runtime: str | None = None) -> dic
         "qos_class": "Burstable",
         "runtime": runtime,
         "attempt": None,
+        "restart_count": None,
+        "container_started": None,
         "sandbox": None,
     }
 
@@ -267,10 +282,21 @@ def named(**changes: object) -> dict[str, object]:
         "qos_class": "Burstable",
         "runtime": "fakerun",
         "attempt": 3,
+        "restart_count": 3,
+        "container_started": STARTED,
         "sandbox": False,
     }
     k8s.update(changes)
     return k8s
+
+
+# What a sandbox (pause) process or a pod-level cgroup has: no container facts.
+NO_CONTAINER: dict[str, object] = {
+    "container": None,
+    "image": None,
+    "restart_count": None,
+    "container_started": None,
+}
 
 
 def recording_logger() -> tuple[FilteringBoundLogger, list[str]]:
@@ -313,12 +339,12 @@ def test_pause_process_is_a_sandbox_not_a_container(server: FakeServer, make_res
     resolver = started(make_resolver(server.endpoint))
     k8s, errors = timed_resolve(resolver, cgroup(SID))
     assert errors == []
-    assert k8s == named(container=None, container_id=SID, image=None, attempt=1, sandbox=True)
+    assert k8s == named(**NO_CONTAINER, container_id=SID, attempt=1, sandbox=True)
 
 
 def test_pod_and_conmon_levels_name_the_pod_only(server: FakeServer, make_resolver: Any) -> None:
     resolver = started(make_resolver(server.endpoint))
-    pod_level = named(container=None, container_id=None, image=None, attempt=None)
+    pod_level = named(**NO_CONTAINER, container_id=None, attempt=None)
     assert resolver.resolve(f"/kubepods/burstable/pod{UID}") == (pod_level, [])
     conmon = f"/kubepods/burstable/pod{UID}/crio-conmon-{CID}"
     assert resolver.resolve(conmon) == ({**pod_level, "runtime": "cri-o"}, [])
@@ -354,7 +380,7 @@ def test_metadata_wins_over_labels_and_labels_fill_in(
     assert resolver.resolve(cgroup(CID)) == (named(container="from-metadata"), [])
     # no metadata at all: names from labels, attempt unknown
     assert resolver.resolve(cgroup(NEW_CID)) == (
-        named(container="from-label", container_id=NEW_CID, attempt=None),
+        named(container="from-label", container_id=NEW_CID, attempt=None, restart_count=None),
         [],
     )
 
@@ -387,11 +413,12 @@ def test_miss_asks_container_status_once(
     server: FakeServer, runtime: FakeRuntime, make_resolver: Any
 ) -> None:
     resolver = started(make_resolver(server.endpoint, refresh_interval=60))
+    before = runtime.calls["ContainerStatus"]  # the refresh read the listed one's status
     runtime.containers[NEW_CID] = container_pb(NEW_CID, name="late", attempt=0)
-    expected = named(container_id=NEW_CID, container="late", attempt=0)
+    expected = named(container_id=NEW_CID, container="late", attempt=0, restart_count=0)
     assert timed_resolve(resolver, cgroup(NEW_CID)) == (expected, [])
     assert timed_resolve(resolver, cgroup(NEW_CID)) == (expected, [])
-    assert runtime.calls["ContainerStatus"] == 1
+    assert runtime.calls["ContainerStatus"] - before == 1
 
 
 def test_miss_on_a_sandbox_id_asks_pod_sandbox_status(
@@ -402,7 +429,7 @@ def test_miss_on_a_sandbox_id_asks_pod_sandbox_status(
     runtime.sandboxes[new_sid] = sandbox_pb(new_sid)
     k8s, errors = timed_resolve(resolver, cgroup(new_sid))
     assert errors == []
-    assert k8s == named(container=None, container_id=new_sid, image=None, attempt=1, sandbox=True)
+    assert k8s == named(**NO_CONTAINER, container_id=new_sid, attempt=1, sandbox=True)
     assert runtime.calls["PodSandboxStatus"] == 1
 
 
@@ -410,10 +437,11 @@ def test_unknown_id_is_not_found_and_not_asked_again(
     server: FakeServer, runtime: FakeRuntime, make_resolver: Any
 ) -> None:
     resolver = started(make_resolver(server.endpoint, refresh_interval=60))
+    before = runtime.calls["ContainerStatus"]
     expected = (path_only(NEW_CID, "fakerun"), [f"cri: not found: container {NEW_CID[:12]}"])
     assert timed_resolve(resolver, cgroup(NEW_CID)) == expected
     assert timed_resolve(resolver, cgroup(NEW_CID)) == expected
-    assert runtime.calls["ContainerStatus"] == 1
+    assert runtime.calls["ContainerStatus"] - before == 1
     assert runtime.calls["PodSandboxStatus"] == 1
 
 
@@ -483,7 +511,9 @@ def test_container_with_empty_fields_reports_what_is_missing(
     runtime.sandboxes.clear()
     resolver = started(make_resolver(server.endpoint))
     k8s, errors = resolver.resolve(cgroup(CID))
-    assert k8s == named(namespace=None, pod=None, container=None, image=None, attempt=None)
+    assert k8s == named(
+        namespace=None, pod=None, container=None, image=None, attempt=None, restart_count=None
+    )
     assert errors == [f"cri: bad answer: container {CID[:12]} has no name"]
 
 
@@ -547,11 +577,11 @@ def test_max_entries_bounds_the_cache(
         cid = f"{i:064x}"
         runtime.containers[cid] = container_pb(cid)
     resolver = started(make_resolver(server.endpoint, max_entries=20))
-    assert runtime.calls["ContainerStatus"] == 0
+    before = runtime.calls["ContainerStatus"]  # the refreshes read the cached ones' status
     for i in range(50):
         assert resolver.resolve(cgroup(f"{i:064x}"))[1] == []
     # at most 20 were still cached: the others had to be asked for
-    assert runtime.calls["ContainerStatus"] >= 30
+    assert runtime.calls["ContainerStatus"] - before >= 30
 
 
 # ---- no runtime, outages ----
@@ -674,3 +704,178 @@ def test_huge_and_control_laden_names_are_bounded(server: FakeServer, make_resol
         assert value.startswith("\x1b[2J\x1b]0;t\x07\r\n")
         assert value.endswith(f"…[+{len(hostile) - TEXT_MAX}]")
         assert len(value) < TEXT_MAX + 16
+
+
+# ---- restarts and start times ----
+
+
+def test_start_time_and_restart_count_outlive_the_container(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any
+) -> None:
+    runtime.containers[CID] = container_pb(attempt=2, annotations={RESTART_COUNT: "2"})
+    resolver = started(make_resolver(server.endpoint, refresh_interval=60))
+    assert runtime.calls["ContainerStatus"] == 1  # read once, by the refresh
+    expected = named(attempt=2, restart_count=2)
+    assert resolver.resolve(cgroup(CID)) == (expected, [])
+    assert resolver.refresh()  # a later list has no start time: the one read stays
+    del runtime.containers[CID]
+    assert resolver.refresh()
+    assert resolver.resolve(cgroup(CID)) == (expected, [])
+    assert runtime.calls["ContainerStatus"] == 1
+
+
+def test_a_restart_is_a_new_container_with_its_own_facts(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any
+) -> None:
+    later = STARTED_NS + 90 * 1_000_000_000
+    runtime.containers[CID] = container_pb(attempt=0, annotations={RESTART_COUNT: "0"})
+    resolver = started(make_resolver(server.endpoint, refresh_interval=60))
+    runtime.containers[NEW_CID] = container_pb(NEW_CID, attempt=1, annotations={RESTART_COUNT: "1"})
+    runtime.statuses[NEW_CID] = status_of(runtime.containers[NEW_CID], started_at=later)
+    del runtime.containers[CID]  # the kubelet removes the dead one after the restart
+    assert resolver.refresh()
+    assert resolver.resolve(cgroup(CID)) == (named(attempt=0, restart_count=0), [])
+    assert resolver.resolve(cgroup(NEW_CID)) == (
+        named(
+            container_id=NEW_CID,
+            attempt=1,
+            restart_count=1,
+            container_started="2025-11-24T16:01:30.123456789Z",
+        ),
+        [],
+    )
+
+
+def test_a_created_container_is_read_once_it_has_started(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any
+) -> None:
+    runtime.containers = {
+        CID: container_pb(state=api_pb2.CONTAINER_CREATED, created_at=time.time_ns())
+    }
+    resolver = started(make_resolver(server.endpoint, refresh_interval=60))
+    assert runtime.calls["ContainerStatus"] == 0  # not started: nothing to read yet
+    runtime.containers[CID].state = api_pb2.CONTAINER_RUNNING
+    # A container created moments ago brings the next list forward.
+    wait_until(lambda: runtime.calls["ContainerStatus"] == 1, timeout=3.0)
+    calls = runtime.calls.copy()
+    assert timed_resolve(resolver, cgroup(CID)) == (named(), [])
+    assert runtime.calls == calls
+
+
+def test_a_container_created_long_ago_brings_no_early_list(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any
+) -> None:
+    runtime.containers = {CID: container_pb(state=api_pb2.CONTAINER_CREATED, created_at=2)}
+    started(make_resolver(server.endpoint, refresh_interval=60))
+    lists = runtime.calls["ListContainers"]
+    time.sleep(1.0)
+    assert runtime.calls["ListContainers"] == lists
+
+
+def test_the_event_asks_the_start_of_a_container_listed_before_it_started(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any
+) -> None:
+    runtime.containers = {CID: container_pb(state=api_pb2.CONTAINER_CREATED, created_at=2)}
+    resolver = started(make_resolver(server.endpoint, refresh_interval=60))
+    runtime.containers[CID].state = api_pb2.CONTAINER_RUNNING  # its process ran, and died
+    assert timed_resolve(resolver, cgroup(CID)) == (named(), [])
+    assert timed_resolve(resolver, cgroup(CID)) == (named(), [])
+    assert runtime.calls["ContainerStatus"] == 1
+
+
+def test_a_start_the_runtime_cannot_tell_in_time_is_null_with_the_reason(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any
+) -> None:
+    runtime.containers = {CID: container_pb(state=api_pb2.CONTAINER_CREATED, created_at=2)}
+    resolver = started(make_resolver(server.endpoint, refresh_interval=60))
+
+    def slow(_request: Any) -> bytes:
+        time.sleep(2.0)
+        return status_of(container_pb()).SerializeToString()  # type: ignore[no-any-return]
+
+    runtime.overrides["ContainerStatus"] = slow
+    assert timed_resolve(resolver, cgroup(CID)) == (
+        named(container_started=None),
+        ["cri: timeout"],
+    )
+
+
+def test_a_start_asked_after_the_removal_is_null_without_an_error(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any
+) -> None:
+    runtime.containers = {CID: container_pb(state=api_pb2.CONTAINER_CREATED, created_at=2)}
+    resolver = started(make_resolver(server.endpoint, refresh_interval=60))
+    del runtime.containers[CID]  # gone before any list showed it started
+    assert timed_resolve(resolver, cgroup(CID)) == (named(container_started=None), [])
+
+
+def test_a_status_about_another_container_is_not_taken(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any
+) -> None:
+    runtime.statuses[CID] = status_of(container_pb(NEW_CID))
+    resolver = started(make_resolver(server.endpoint, refresh_interval=60))
+    assert resolver.resolve(cgroup(CID)) == (named(container_started=None), [])
+
+
+def test_a_docker_pause_container_has_no_restart_count_or_start(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any
+) -> None:
+    labels = {**pod_labels(), "io.kubernetes.docker.type": "podsandbox"}
+    runtime.containers[CID] = container_pb(labels=labels, annotations={RESTART_COUNT: "4"})
+    resolver = started(make_resolver(server.endpoint))
+    assert resolver.resolve(cgroup(CID)) == (
+        named(**NO_CONTAINER, attempt=None, sandbox=True),
+        [],
+    )
+
+
+@pytest.mark.parametrize(
+    "annotation", ["-1", "1e3", " 2", "2\n", "0x2", "1_000", "\u0661", "4294967296", "9" * 5000]
+)
+def test_a_malformed_restart_count_is_null_and_nothing_else(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any, annotation: str
+) -> None:
+    runtime.containers[CID] = container_pb(annotations={RESTART_COUNT: annotation})
+    resolver = started(make_resolver(server.endpoint))
+    assert resolver.resolve(cgroup(CID)) == (named(restart_count=None), [])
+
+
+@pytest.mark.parametrize(
+    ("started_at", "text"),
+    [(1, "1970-01-01T00:00:00.000000001Z"), (2**63 - 1, "2262-04-11T23:47:16.854775807Z")],
+)
+def test_extreme_start_times_are_rendered(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any, started_at: int, text: str
+) -> None:
+    runtime.statuses[CID] = status_of(container_pb(), started_at=started_at)
+    resolver = started(make_resolver(server.endpoint))
+    assert resolver.resolve(cgroup(CID)) == (named(container_started=text), [])
+
+
+def test_start_times_of_different_seconds_resolved_at_once(
+    server: FakeServer, runtime: FakeRuntime, make_resolver: Any
+) -> None:
+    runtime.containers[NEW_CID] = container_pb(NEW_CID)
+    runtime.statuses[NEW_CID] = status_of(container_pb(NEW_CID), started_at=STARTED_NS + 10**9)
+    resolver = started(make_resolver(server.endpoint, refresh_interval=60))
+    expected: dict[str, tuple[dict[str, object], list[str]]] = {
+        CID: (named(), []),
+        NEW_CID: (
+            named(container_id=NEW_CID, container_started="2025-11-24T16:00:01.123456789Z"),
+            [],
+        ),
+    }
+    failures: list[object] = []
+
+    def worker(cid: str) -> None:
+        for _ in range(300):
+            result = resolver.resolve(cgroup(cid))
+            if result != expected[cid]:
+                failures.append(result)
+
+    threads = [threading.Thread(target=worker, args=(cid,)) for cid in (CID, NEW_CID) * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []

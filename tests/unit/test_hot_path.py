@@ -80,6 +80,16 @@ def _start_ns(pid: int) -> int:
     return ticks * (1_000_000_000 // procfs.CLK_TCK)
 
 
+def _argv(role: str, argv: bytes) -> dict[str, Any]:
+    kept = argv.ljust(records.ARGV_LEN, b"\0")
+    array = (ctypes.c_ubyte * records.ARGV_LEN).from_buffer_copy(kept)
+    return {
+        f"{role}_argv_size": len(argv),
+        f"{role}_argv_source": records.ARGV_EXEC,
+        f"{role}_argv": array,
+    }
+
+
 def kill_records(victim: int, victim_start_ns: int) -> list[bytes]:
     """The signal and exit records of one SIGKILL from this process to `victim`, as
     the kernel sends them with BTF offsets (a SIGKILL has no deliver record)."""
@@ -98,6 +108,9 @@ def kill_records(victim: int, victim_start_ns: int) -> list[bytes]:
         result=0,
         target_comm=b"sleep",
         target_start_ns=victim_start_ns,
+        # Both argv as the commands map keeps them.
+        **_argv("target", b"sleep\x00300\x00"),
+        **_argv("sender", b"bash\x00-c\x00kill -9 $1\x00"),
     )
     link = {"kill_ktime_ns": t, "kill_sender_tgid": me, "kill_sig": SIGKILL}
     victim_task = _task("victim", victim, b"sleep", victim_start_ns, me)

@@ -70,6 +70,10 @@ def test_systemd_unit_over_memory_max(agents: dict[str, AgentProcess]) -> None:
     assert oom["gfp_flags"]
     assert event["trigger"]["pid"] == event["victim"]["pid"]
     assert event["victim"]["exit"]["code"] == 137
+    # The unit's argv as the kernel kept it at exec, and how long it lived.
+    assert event["victim"]["cmdline"] == [sys.executable, "-c", HOG]
+    assert event["victim"]["cmdline_source"] == "exec"
+    assert 0 < event["victim"]["age_s"] < 120
 
     plain = agents["tracepoint"].wait_for(in_unit, timeout=30, what="the tracepoint tier's view")
     assert plain["victim"]["pid"] == event["victim"]["pid"]
@@ -78,6 +82,7 @@ def test_systemd_unit_over_memory_max(agents: dict[str, AgentProcess]) -> None:
     assert plain["oom"]["memcg"] == cgroup
     assert "constraint" not in plain["oom"]
     assert "limit_pages" not in plain["oom"]
+    assert plain["victim"]["cmdline"] == event["victim"]["cmdline"]
 
 
 def test_limited_parent_is_the_oom_memcg(agents: dict[str, AgentProcess]) -> None:
@@ -117,6 +122,11 @@ def test_oom_group_kills_every_member(agents: dict[str, AgentProcess]) -> None:
             assert [e["type"] for e in events] == ["oom_kill"] * 3
             assert [e["group_kill"] for e in events] == [False, True, True], name
             assert len({e["oom"]["context_id"] for e in events}) == 1, name
+            # Every member's own argv, though every one is gone.
+            assert [e["victim"]["cmdline"] for e in events] == [
+                python(HOG),
+                *[python(HOLD.format(mib=8))] * 2,
+            ], name
             for pid in pids:
                 assert len(oom_kills_of(agent, pid)) == 1
 

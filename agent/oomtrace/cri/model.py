@@ -32,13 +32,19 @@ POD_NAMESPACE = "io.kubernetes.pod.namespace"
 POD_UID = "io.kubernetes.pod.uid"
 CONTAINER_NAME = "io.kubernetes.container.name"
 # An annotation, not a label: the kubelet's restart count, equal to the metadata attempt.
+# The kubelet writes both from one number (kuberuntime_container.go, generateContainerConfig)
+# but reads the count back from the annotation (labels.go, getContainerInfoFromAnnotations).
 RESTART_COUNT = "io.kubernetes.container.restartCount"
+# ContainerMetadata.attempt is a uint32: a count past it is not one the kubelet wrote.
+COUNT_MAX: Final = 2**32 - 1
 # dockershim and cri-dockerd list the pause container among containers with these marks.
 DOCKER_TYPE = "io.kubernetes.docker.type"
 DOCKER_SANDBOX_NAME = "POD"
 
 _CONTAINER_STATES = {0: "created", 1: "running", 2: "exited", 3: "unknown"}
 _IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]{64}")
+# What strconv.Itoa writes for a count: no sign, spaces or underscores (int() takes them).
+_COUNT = re.compile(r"[0-9]{1,10}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +73,7 @@ class ContainerInfo:
     id: str
     sandbox_id: str | None  # ListContainers tells; ContainerStatus does not
     name: str | None
-    attempt: int | None
+    attempt: int | None  # ContainerMetadata.attempt, else the annotation
     image: str | None  # a name when the runtime gave one, else an image id
     image_ref: str | None
     state: str  # "created" | "running" | "exited" | "unknown"
@@ -82,6 +88,10 @@ class ContainerInfo:
     reason: str | None = None
     message: str | None = None
     pid: int | None = None  # only from a verbose ContainerStatus
+    # The annotation, else ContainerMetadata.attempt; None when the annotation is there but is
+    # not a count: the kubelet reads such a value as 0, so neither number can be trusted.
+    restart_count: int | None = None
+    started_at: int | None = None  # ns since the epoch; only from ContainerStatus, once started
 
 
 def version_from_pb(msg: Any) -> RuntimeVersion:
@@ -122,6 +132,7 @@ def container_from_status(resp: Any) -> ContainerInfo:
         reason=_text(status.reason),
         message=_text(status.message),
         pid=_verbose_pid(resp.info),
+        started_at=_positive(status.started_at),
     )
 
 
@@ -157,6 +168,7 @@ def _container(
     reason: str | None = None,
     message: str | None = None,
     pid: int | None = None,
+    started_at: int | None = None,
 ) -> ContainerInfo:
     container_id = _text(msg.id)
     if container_id is None:
@@ -165,11 +177,13 @@ def _container(
     annotations = _mapping(msg.annotations)
     meta = msg.metadata if msg.HasField("metadata") else None
     name = _first(_field(meta, "name"), _text(labels.get(CONTAINER_NAME)))
+    meta_attempt = int(meta.attempt) if meta is not None else None
+    annotated = _count(annotations.get(RESTART_COUNT))
     return ContainerInfo(
         id=container_id,
         sandbox_id=sandbox_id,
         name=name,
-        attempt=int(meta.attempt) if meta is not None else _int(annotations.get(RESTART_COUNT)),
+        attempt=meta_attempt if meta_attempt is not None else annotated,
         image=_image(msg),
         image_ref=image_ref,
         state=_CONTAINER_STATES.get(int(msg.state), "unknown"),
@@ -184,6 +198,8 @@ def _container(
         reason=reason,
         message=message,
         pid=pid,
+        restart_count=annotated if RESTART_COUNT in annotations else meta_attempt,
+        started_at=started_at,
     )
 
 
@@ -226,13 +242,16 @@ def _text(value: Any) -> str | None:
     return value
 
 
-def _int(value: str | None) -> int | None:
-    if value is None:
+def _count(value: str | None) -> int | None:
+    if value is None or _COUNT.fullmatch(value) is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
+    count = int(value)
+    return count if count <= COUNT_MAX else None
+
+
+def _positive(value: Any) -> int | None:
+    """A CRI timestamp: 0 means never (a container not started yet)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _first(*values: str | None) -> str | None:

@@ -3,8 +3,9 @@
 The event path (``resolve``) never waits longer than ``wait``: it answers from the cache,
 asks the runtime about an id it has not seen with that wait as the deadline, and falls back
 to what the cgroup path tells when the runtime is down, slow or talks nonsense. A daemon
-thread lists containers and sandboxes every ``refresh_interval`` and reconnects after an
-outage.
+thread lists containers and sandboxes every ``refresh_interval`` (sooner while a container
+just created has not started), reads each started container's status once, and reconnects
+after an outage.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from oomtrace.cri.errors import CriError, CriNotFound, CriTimeout, CriUnavailabl
 from oomtrace.cri.health import CriHealth
 from oomtrace.cri.model import POD_UID, ContainerInfo, SandboxInfo, looks_like_image_id
 from oomtrace.host.kubepath import KubeCgroup, parse_kube_cgroup
+from oomtrace.schema import rfc3339
 
 __all__ = ["K8S_KEYS", "CriResolver"]
 
@@ -35,6 +37,8 @@ K8S_KEYS = (
     "qos_class",
     "runtime",
     "attempt",
+    "restart_count",
+    "container_started",
     "sandbox",
 )
 
@@ -42,8 +46,12 @@ K8S_KEYS = (
 _LIST_TIMEOUT = 5.0
 _DETECT_TIMEOUT = 1.0
 _RETRY_INTERVAL = 1.0
-# ContainerStatus calls per refresh to turn image ids into names (see _name_images).
-_IMAGE_LOOKUPS_PER_REFRESH = 256
+# ContainerStatus calls per refresh, for image names and start times (see _ask_statuses).
+_STATUS_LOOKUPS_PER_REFRESH = 256
+# The kubelet starts a container right after creating it: a list that shows one created
+# this recently is followed by another soon, to read its start time while it exists.
+_STARTING_WINDOW_NS = 10_000_000_000
+_STARTING_RECHECK = 0.25
 
 
 class CriResolver:
@@ -84,7 +92,9 @@ class CriResolver:
             stale_ttl=stale_ttl, max_entries=max_entries
         )
         self._missing: dict[str, float] = {}  # ids the runtime denied, until a deadline
-        self._images_asked: set[str] = set()
+        # Listed containers whose ContainerStatus was read once they had started.
+        self._status_asked: set[str] = set()
+        self._starting = False  # the last list had a container created but not started yet
         self._client: CriClient | None = None
         self._runtime_name: str | None = None
         self._connected_once = False
@@ -129,7 +139,7 @@ class CriResolver:
             self._store_lists(containers, sandboxes)
             self._health.ok()
             self._ready.set()
-            self._name_images(client, containers)
+            self._ask_statuses(client, containers)
             return True
 
     def _run(self) -> None:
@@ -142,9 +152,11 @@ class CriResolver:
                     self._log.exception("cri_refresh_crashed")
                 crashed, ok = True, False
                 self._ready.set()
-            interval = (
-                self._refresh_interval if ok else min(self._refresh_interval, _RETRY_INTERVAL)
-            )
+            interval = self._refresh_interval
+            if not ok:
+                interval = min(interval, _RETRY_INTERVAL)
+            elif self._starting:
+                interval = min(interval, _STARTING_RECHECK)
             self._wake.wait(interval)
             self._wake.clear()
 
@@ -179,6 +191,8 @@ class CriResolver:
             "qos_class": kube.qos_class or None,
             "runtime": kube.runtime or self._runtime_name,
             "attempt": None,
+            "restart_count": None,
+            "container_started": None,
             # Only a container-level cgroup can hold a sandbox (pause) process.
             "sandbox": None if kube.role == "container" else False,
         }
@@ -189,6 +203,7 @@ class CriResolver:
         with self._lock:
             container = self._containers.get(container_id)
             sandbox = self._sandboxes.get(container_id) if container is None else None
+        cached = container is not None
         if container is None and sandbox is None:
             try:
                 container, sandbox = self._ask_container(container_id, deadline)
@@ -198,9 +213,41 @@ class CriResolver:
             return _apply_sandbox(k8s, sandbox, kube, is_process=True)
         if container is None:
             return []
+        errors: list[str] = []
+        if cached and self._wants_start(container):
+            try:
+                container = self._ask_start(container, deadline)
+            except CriNotFound:
+                pass  # removed since the last list: the names are still right
+            except CriError as err:
+                errors.append(err.describe())
         with self._lock:
             pod = self._pod_of(container)
-        return _apply_container(k8s, container, pod, kube)
+        return _apply_container(k8s, container, pod, kube) + errors
+
+    def _wants_start(self, container: ContainerInfo) -> bool:
+        """A process of this container was seen, so it has started: a listed container
+        whose status the refresh has not read yet is asked once, within the wait."""
+        if container.started_at is not None or container.is_sandbox:
+            return False
+        with self._lock:
+            return (
+                container.id not in self._status_asked
+                and container.id in self._containers
+                and not self._containers.is_removed(container.id)
+            )
+
+    def _ask_start(self, known: ContainerInfo, deadline: float) -> ContainerInfo:
+        client = self._client_for_event(deadline)
+        try:
+            status = client.container_status(known.id, timeout=_remaining(deadline))
+        except CriNotFound:
+            raise
+        except CriError as err:
+            self._failed(err, wake=True)
+            raise
+        self._health.ok()
+        return self._merge_status(known.id, status) or known
 
     def _name_pod(self, k8s: dict[str, object], pod_uid: str, deadline: float) -> list[str]:
         with self._lock:
@@ -225,6 +272,9 @@ class CriResolver:
             else:
                 self._store_one(container_id, container=container)
                 self._health.ok()
+                with self._lock:
+                    if container.state != "created":
+                        self._status_asked.add(container_id)
                 return container, None
             # containerd and CRI-O keep sandboxes apart from containers: a pause process's id
             # is only known to PodSandboxStatus.
@@ -280,42 +330,56 @@ class CriResolver:
     # ---- the cache ----
 
     def _store_lists(self, containers: list[ContainerInfo], sandboxes: list[SandboxInfo]) -> None:
+        starting_after = time.time_ns() - _STARTING_WINDOW_NS
         with self._lock:
             self._sandboxes.sync({s.id: s for s in sandboxes})
-            self._containers.sync({c.id: self._keep_image_name(c) for c in containers})
+            self._containers.sync({c.id: self._keep_status_facts(c) for c in containers})
             for container in containers:
                 self._missing.pop(container.id, None)
             for sandbox in sandboxes:
                 self._missing.pop(sandbox.id, None)
                 if sandbox.uid is not None:
                     self._missing.pop(f"pod:{sandbox.uid}", None)
-            self._images_asked &= {c.id for c in containers}
+            self._status_asked &= {c.id for c in containers}
+            self._starting = any(
+                c.state == "created" and c.created_at > starting_after for c in containers
+            )
 
-    def _keep_image_name(self, listed: ContainerInfo) -> ContainerInfo:
+    def _keep_status_facts(self, listed: ContainerInfo) -> ContainerInfo:
+        """ListContainers echoes the image id and has no start time; what ContainerStatus
+        told about the same container id stays."""
         known = self._containers.get(listed.id)
+        if known is None:
+            return listed
+        image = listed.image
         if (
-            known is not None
-            and known.image is not None
+            known.image is not None
             and looks_like_image_id(listed.image)
             and not looks_like_image_id(known.image)
         ):
-            return dataclasses.replace(listed, image=known.image)
-        return listed
+            image = known.image
+        started_at = listed.started_at if listed.started_at is not None else known.started_at
+        if image == listed.image and started_at == listed.started_at:
+            return listed
+        return dataclasses.replace(listed, image=image, started_at=started_at)
 
-    def _name_images(self, client: CriClient, containers: list[ContainerInfo]) -> None:
-        """The kubelet creates containers with an image id, which ListContainers echoes;
-        ContainerStatus resolves it to the image's name. Asked once per container."""
+    def _ask_statuses(self, client: CriClient, containers: list[ContainerInfo]) -> None:
+        """ContainerStatus alone has a container's start time, and turns the image id the
+        kubelet creates containers with into the image's name. Read once per container
+        after it started, so both are known if it is removed before an event needs them."""
         asked = 0
         for listed in containers:
-            if asked >= _IMAGE_LOOKUPS_PER_REFRESH:
+            if asked >= _STATUS_LOOKUPS_PER_REFRESH:
                 return
             with self._lock:
                 known = self._containers.get(listed.id)
-                if listed.id in self._images_asked or known is None:
+                if listed.id in self._status_asked or known is None:
                     continue
-                if not looks_like_image_id(known.image):
+                if known.state == "created":
+                    continue  # started_at is still 0; a later list shows it started
+                if known.started_at is not None and not looks_like_image_id(known.image):
                     continue
-                self._images_asked.add(listed.id)
+                self._status_asked.add(listed.id)
             asked += 1
             try:
                 status = client.container_status(listed.id, timeout=_LIST_TIMEOUT)
@@ -323,14 +387,26 @@ class CriResolver:
                 continue
             except CriError:
                 return  # the next refresh tries again; the lists themselves were fine
-            if status.image is None or looks_like_image_id(status.image):
-                continue
-            with self._lock:
-                current = self._containers.get(listed.id)
-                if current is not None and not self._containers.is_removed(listed.id):
-                    self._containers.put(
-                        listed.id, dataclasses.replace(current, image=status.image)
-                    )
+            self._merge_status(listed.id, status)
+
+    def _merge_status(self, container_id: str, status: ContainerInfo) -> ContainerInfo | None:
+        """Adds what only ContainerStatus tells to the cached container; None when the
+        cache no longer holds it as live, or the answer is about another container."""
+        if status.id != container_id:
+            return None
+        with self._lock:
+            current = self._containers.get(container_id)
+            if current is None or self._containers.is_removed(container_id):
+                return None
+            if status.state != "created":
+                self._status_asked.add(container_id)
+            image = current.image
+            if status.image is not None and not looks_like_image_id(status.image):
+                image = status.image
+            started_at = status.started_at if status.started_at is not None else current.started_at
+            merged = dataclasses.replace(current, image=image, started_at=started_at)
+            self._containers.put(container_id, merged)
+            return merged
 
     def _store_one(
         self,
@@ -435,6 +511,10 @@ def _apply_container(
             container=container.name,
             image=container.image,
             attempt=container.attempt,
+            restart_count=container.restart_count,
+            container_started=(
+                None if container.started_at is None else rfc3339(container.started_at)
+            ),
         )
     k8s.update(
         namespace=(pod.namespace if pod else None) or container.pod_namespace,

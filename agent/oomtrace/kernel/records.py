@@ -292,11 +292,17 @@ def decode_argv(size: int, source: int, raw: bytes) -> Argv | None:
     return Argv(tuple(p.decode("utf-8", "surrogateescape") for p in parts), name, truncated)
 
 
+_ARGV_GETTERS: Final = {
+    role: operator.attrgetter(f"{role}_argv_source", f"{role}_argv_size", f"{role}_argv")
+    for role in ("target", "sender", "trigger")
+}
+
+
 def _argv_of(r: ctypes.Structure, role: str) -> Argv | None:
-    source = getattr(r, f"{role}_argv_source")
+    source, size, args = _ARGV_GETTERS[role](r)
     if source == ARGV_NONE:
         return None
-    return decode_argv(getattr(r, f"{role}_argv_size"), source, bytes(getattr(r, f"{role}_argv")))
+    return decode_argv(size, source, bytes(args))
 
 
 @dataclass(frozen=True, slots=True)
