@@ -49,7 +49,8 @@ class StructDecoder:
             fmt, names = "<", []
             for entry in raw_cls._fields_:
                 name, ctype = entry[0], entry[1]
-                if getattr(ctype, "_type_", None) is ctypes.c_char:
+                # Char and byte arrays (comm, argv) both unpack as bytes.
+                if getattr(ctype, "_type_", None) in (ctypes.c_char, ctypes.c_ubyte):
                     fmt += f"{getattr(ctype, '_length_', 0)}s"
                 elif ctype in _CODES:
                     fmt += _CODES[ctype]

@@ -193,7 +193,8 @@ def _oom_explanation(facts: Facts, scope: str | None) -> str:
         head += " with the process it chose"
     adj = facts.victim_oom_score_adj
     chosen = f"; oom_score_adj {adj}" if isinstance(adj, int) and adj > 0 else ""
-    return f"{head}: {why}; {_trigger_words(facts.victim, facts.trigger)}{chosen}."
+    trigger = _trigger_words(facts.victim, facts.trigger)
+    return f"{head}: {why}; {trigger}{chosen}{_lives_on(facts.victim)}."
 
 
 _CAUSE_WORDS: Final = {
@@ -204,6 +205,19 @@ _CAUSE_WORDS: Final = {
     Cause.KERNEL: "by the kernel ({code}), e.g. a fault in the process itself",
     Cause.PROCESS: "by {sender}",
 }
+
+
+def _lives_on(victim: Party) -> str:
+    """A container's child killed while its main process runs on: the container
+    did not die, whatever its runtime later reports."""
+    k8s = victim.k8s or {}
+    if k8s.get("main_process") is False and k8s.get("main_process_lives"):
+        main = k8s.get("container_pid")
+        return (
+            f"; it was a child process ({_name(victim.comm)}): the container's main process "
+            f"(pid {main}) lives on"
+        )
+    return ""
 
 
 def _age(facts: Facts) -> str:
@@ -217,7 +231,8 @@ def _signal_explanation(facts: Facts, cause: Cause) -> str:
     tty = f" on {_name(sender.tty)}" if sender.tty else ""
     how = _CAUSE_WORDS.get(cause, "by {sender}").format(sender=who, tty=tty, code=facts.signal_code)
     code = f" (exit code {facts.exit_code})" if facts.exit_code is not None else ""
-    return f"{_place(facts.victim)} was sent {facts.signal}{code}{_age(facts)} {how}."
+    lives = _lives_on(facts.victim)
+    return f"{_place(facts.victim)} was sent {facts.signal}{code}{_age(facts)} {how}{lives}."
 
 
 def classify(facts: Facts, rules: Rules) -> Verdict:

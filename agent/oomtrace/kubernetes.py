@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from oomtrace.host import procfs
 from oomtrace.schema import ROLES, Event
 
 
@@ -31,6 +32,7 @@ class KubernetesEnricher:
             proc = event.get(role)
             if proc is not None:
                 proc["k8s"] = self._resolve(proc.get("cgroup"), role, errors)
+        _main_process(event["victim"])
         oom = event.get("oom")
         if not oom:
             return
@@ -64,3 +66,26 @@ class KubernetesEnricher:
             if role != "top_holders" or line not in errors:
                 errors.append(line)
         return k8s
+
+
+def _main_process(victim: Event) -> None:
+    """Whether the victim was its container's main process and, if not, whether
+    that one lives on: the kill of a child (a worker, an exec'd probe) leaves the
+    container running, though a runtime may later call the container OOMKilled.
+    Read after the victim's exit, so a main process killed with it (a group kill)
+    already has its SIGKILL pending and does not count as living."""
+    k8s = victim.get("k8s")
+    if not k8s or k8s.get("sandbox") is not False:
+        return
+    main = k8s.get("container_pid")
+    if not isinstance(main, int):
+        k8s.update(main_process=None, main_process_lives=None)
+        return
+    is_main = victim.get("pid") == main
+    lives = None
+    if not is_main:
+        # The same pid in the same cgroup: not a later process that reused it.
+        snap = procfs.snapshot(main, with_parents=False)
+        same = snap is not None and snap.memory_cgroup == victim.get("cgroup")
+        lives = procfs.lives_on(main) if same else False
+    k8s.update(main_process=is_main, main_process_lives=lives)

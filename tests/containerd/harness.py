@@ -1,9 +1,15 @@
 """A real containerd (the distribution's package) with its CRI plugin, for tests.
 
 Everything it makes lives in one temporary directory (root, state, socket, runc state,
-logs), except what the kernel keeps elsewhere: cgroups under /kubepods in every hierarchy,
-mounts, and the shims' sockets, which containerd 1.6 always puts in /run/containerd/s.
-``close()`` removes all of it.
+logs), except what the kernel keeps elsewhere: cgroups under /kubepods in every hierarchy
+(or, with the systemd driver, kubepods.slice and its slices and scopes), mounts, and the
+shims' sockets, which containerd 1.6 always puts in /run/containerd/s. ``close()``
+removes all of it.
+
+Two cgroup drivers, as a node runs one or the other: cgroupfs (this machine's cgroup v1
+hierarchies, no systemd) and systemd (cgroup v2 under systemd, as in the test VM). The
+CRI calls are the same; only the cgroup_parent the kubelet passes, the pod-level limits
+and the container's `unified` resources differ, as the kubelet makes them differ.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ K8S_NAMESPACE = "k8s.io"  # the containerd namespace the CRI plugin uses
 SHIM_SOCKET_DIR = Path("/run/containerd/s")
 _QOS_PARENTS = {"Guaranteed": "/kubepods", "Burstable": "/kubepods/burstable",
                 "BestEffort": "/kubepods/besteffort"}  # fmt: skip
+# The same with the systemd driver: Guaranteed pods sit in kubepods.slice itself.
+_SYSTEMD_QOS_SLICES = {
+    "Guaranteed": "/kubepods.slice",
+    "Burstable": "/kubepods.slice/kubepods-burstable.slice",
+    "BestEffort": "/kubepods.slice/kubepods-besteffort.slice",
+}
 _CALL_TIMEOUT = 60.0
 _READY_TIMEOUT = 20.0
 
@@ -85,7 +97,7 @@ disabled_plugins = [
       runtime_type = "io.containerd.runc.v2"
 
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
+        SystemdCgroup = {systemd}
         Root = "{runc_root}"
 
   # No CNI: only host-network pods, which need none (NetworkReady stays false).
@@ -115,7 +127,10 @@ class Container:
 
 
 class Containerd:
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self, workdir: Path | None = None, *, systemd: bool = False) -> None:
+        self.systemd = systemd
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="oomtrace-ctrd-"))
         self.socket = self.workdir / "containerd.sock"
         self.endpoint = f"unix://{self.socket}"
@@ -126,6 +141,8 @@ class Containerd:
         self.containers: dict[str, Container] = {}
         # Every pod cgroup ever asked for: runc leaves them behind even after RemovePodSandbox.
         self._cgroup_parents: set[str] = set()
+        # Slices given a limit that outlives the test unless lifted (systemd driver).
+        self._limited_slices: set[str] = set()
         self._proc: subprocess.Popen[bytes] | None = None
         self._image_imported = False
         # Host directories that may be created for us: removed at close only if they were not
@@ -133,7 +150,7 @@ class Containerd:
         self._preexisting = {p: p.exists() for p in (SHIM_SOCKET_DIR, SHIM_SOCKET_DIR.parent)}
         self._preexisting_cgroups = {
             rel: any((h / rel.strip("/")).exists() for h in cleanup.cgroup_hierarchies())
-            for rel in _QOS_PARENTS.values()
+            for rel in (_SYSTEMD_QOS_SLICES if systemd else _QOS_PARENTS).values()
         }
         self._client: CriClient | None = None
         self._channel: Any = None
@@ -227,6 +244,7 @@ class Containerd:
                 snapshotter=self.snapshotter,
                 runc_root=self.workdir / "runc",
                 cni=self.workdir / "cni",
+                systemd="true" if self.systemd else "false",
             )
         )
 
@@ -271,10 +289,18 @@ class Containerd:
         *,
         cgroup_parent: str | None = None,
         attempt: int = 0,
+        memory_limit_bytes: int | None = None,
     ) -> Pod:
-        """RunPodSandbox with host network and the labels the kubelet sets."""
+        """RunPodSandbox with host network and the labels the kubelet sets, after the
+        pod's cgroup with its memory limit, as the kubelet's pod container manager makes
+        it before the sandbox (pkg/kubelet/cm/pod_container_manager_linux.go,
+        EnsureExists; the limit is the sum of the containers' limits)."""
         uid = uid or str(uuid.uuid4())
-        parent = cgroup_parent or f"{_QOS_PARENTS[qos_class]}/pod{uid}"
+        parent = cgroup_parent or self.pod_cgroup(qos_class, uid)
+        if self.systemd:
+            self._pod_slice(parent, memory_limit_bytes)
+        elif memory_limit_bytes is not None:
+            raise NotImplementedError("pod-level limits are made with the systemd driver only")
         labels = {
             "io.kubernetes.pod.name": name,
             "io.kubernetes.pod.namespace": namespace,
@@ -321,7 +347,13 @@ class Containerd:
         *,
         attempt: int = 0,
         oom_score_adj: int | None = None,
+        oom_group: bool | None = None,
     ) -> Container:
+        """CreateContainer as the kubelet makes it. ``oom_group`` (default: on with the
+        systemd driver, whose test machine has cgroup v2) is what the kubelet has set
+        since 1.28 on cgroup v2 unless singleProcessOOMKill: `memory.oom.group=1` in the
+        container's unified resources (pkg/kubelet/kuberuntime/
+        kuberuntime_container_linux.go, generateLinuxContainerResources)."""
         labels = {
             "io.kubernetes.container.name": name,
             "io.kubernetes.pod.name": pod.name,
@@ -334,6 +366,8 @@ class Containerd:
         if oom_score_adj is not None:
             # As the kubelet sets it per QoS class (BestEffort: 1000).
             resources.oom_score_adj = oom_score_adj
+        if self.systemd if oom_group is None else oom_group:
+            resources.unified["memory.oom.group"] = "1"
         config = api_pb2.ContainerConfig(
             metadata=api_pb2.ContainerMetadata(name=name, attempt=attempt),
             image=api_pb2.ImageSpec(image=IMAGE),
@@ -384,6 +418,13 @@ class Containerd:
         self._rpc("RemoveContainer", api_pb2.RemoveContainerRequest(container_id=container.id))
         self.containers.pop(container.id, None)
 
+    def log_path(self, container: Container) -> Path:
+        """Where containerd writes the container's output (the pod's log_directory
+        joined with the container's log_path, both as the kubelet sets them)."""
+        pod = container.pod
+        pod_dir = self.workdir / "pods" / f"{pod.namespace}_{pod.name}_{pod.uid}"
+        return pod_dir / container.name / f"{container.attempt}.log"
+
     def status(self, container: Container) -> ContainerInfo:
         """ContainerStatus, verbose (so the pid is known while it runs)."""
         return self.client.container_status(container.id, verbose=True)
@@ -411,6 +452,43 @@ class Containerd:
         for cid in [c.id for c in self.containers.values() if c.pod.id == pod.id]:
             del self.containers[cid]
 
+    # ---- cgroups, as the kubelet names and makes them ----
+
+    def pod_cgroup(self, qos_class: str, uid: str) -> str:
+        """The cgroup_parent the kubelet passes to RunPodSandbox for a pod. With the
+        systemd driver it is the pod's slice expanded to its path, "-" in the uid made
+        "_" (pkg/kubelet/cm/cgroup_manager_linux.go, CgroupName.ToSystemd); containerd
+        then asks systemd for a `cri-containerd-<id>.scope` in that slice."""
+        if not self.systemd:
+            return f"{_QOS_PARENTS[qos_class]}/pod{uid}"
+        qos = _SYSTEMD_QOS_SLICES[qos_class].rsplit("/", 1)[-1].removesuffix(".slice")
+        return f"{_SYSTEMD_QOS_SLICES[qos_class]}/{qos}-pod{uid.replace('-', '_')}.slice"
+
+    @staticmethod
+    def _pod_slice(parent: str, memory_limit_bytes: int | None) -> None:
+        # The kubelet asks systemd for the slice (a transient unit) with its limits;
+        # starting a slice by name does the same, its parents coming with it.
+        unit = parent.rsplit("/", 1)[-1]
+        subprocess.run(["systemctl", "start", unit], check=True, capture_output=True)
+        if memory_limit_bytes is not None:
+            subprocess.run(
+                ["systemctl", "set-property", "--runtime", unit,
+                 f"MemoryMax={memory_limit_bytes}", "MemorySwapMax=0"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+
+    def set_memory_limit(self, cgroup: str, limit_bytes: int) -> None:
+        """A limit on a QoS slice or kubepods.slice, as the kubelet keeps one on
+        kubepods.slice (allocatable) with the systemd driver."""
+        assert self.systemd, "slice limits are made with the systemd driver"
+        unit = cgroup.rsplit("/", 1)[-1]
+        self._limited_slices.add(unit)
+        subprocess.run(
+            ["systemctl", "set-property", "--runtime", unit,
+             f"MemoryMax={limit_bytes}", "MemorySwapMax=0"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
     # ---- teardown ----
 
     def close(self) -> None:
@@ -427,6 +505,21 @@ class Containerd:
             cleanup.kill_and_reap(cleanup.cgroup_pids(parent))
         cleanup.kill_and_reap(cleanup.shim_pids(str(self.socket)))
         cleanup.unmount_all(self.workdir)
+        if self.systemd:
+            for unit in self._limited_slices:
+                subprocess.run(
+                    ["systemctl", "set-property", "--runtime", unit, "MemoryMax=infinity"],
+                    capture_output=True, check=False,
+                )  # fmt: skip
+            # systemd owns the slices: stopping one removes it and what is under it.
+            units = [p.rsplit("/", 1)[-1] for p in self._cgroup_parents]
+            units += [
+                rel.rsplit("/", 1)[-1]
+                for rel, existed in sorted(self._preexisting_cgroups.items(), reverse=True)
+                if not existed
+            ]
+            for unit in units:
+                subprocess.run(["systemctl", "stop", unit], capture_output=True, check=False)
         for parent in self._cgroup_parents:
             cleanup.remove_cgroup_tree(parent)
         for rel, existed in sorted(self._preexisting_cgroups.items(), reverse=True):

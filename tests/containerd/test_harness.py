@@ -112,6 +112,8 @@ def test_resolver_names_containers_sandboxes_and_removed_containers(
             "restart_count": 2,
             "container_started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
             + f".{nanos:09d}Z",
+            # The container's main process, as the host sees it.
+            "container_pid": containerd.status(app).pid,
             "sandbox": False,
         },
         [],
@@ -201,6 +203,7 @@ def test_containerd_outage_and_recovery(
         "attempt": None,
         "restart_count": None,
         "container_started": None,
+        "container_pid": None,
         "sandbox": None,
     }
     late = resolvers(containerd.endpoint, refresh_interval=60.0)  # born during the outage

@@ -267,6 +267,7 @@ def path_only(container_id: str | None = CID, runtime: str | None = None) -> dic
         "attempt": None,
         "restart_count": None,
         "container_started": None,
+        "container_pid": None,
         "sandbox": None,
     }
 
@@ -284,6 +285,7 @@ def named(**changes: object) -> dict[str, object]:
         "attempt": 3,
         "restart_count": 3,
         "container_started": STARTED,
+        "container_pid": None,
         "sandbox": False,
     }
     k8s.update(changes)
@@ -296,6 +298,7 @@ NO_CONTAINER: dict[str, object] = {
     "image": None,
     "restart_count": None,
     "container_started": None,
+    "container_pid": None,
 }
 
 

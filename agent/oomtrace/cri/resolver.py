@@ -39,6 +39,7 @@ K8S_KEYS = (
     "attempt",
     "restart_count",
     "container_started",
+    "container_pid",
     "sandbox",
 )
 
@@ -193,6 +194,7 @@ class CriResolver:
             "attempt": None,
             "restart_count": None,
             "container_started": None,
+            "container_pid": None,
             # Only a container-level cgroup can hold a sandbox (pause) process.
             "sandbox": None if kube.role == "container" else False,
         }
@@ -240,7 +242,7 @@ class CriResolver:
     def _ask_start(self, known: ContainerInfo, deadline: float) -> ContainerInfo:
         client = self._client_for_event(deadline)
         try:
-            status = client.container_status(known.id, timeout=_remaining(deadline))
+            status = client.container_status(known.id, verbose=True, timeout=_remaining(deadline))
         except CriNotFound:
             raise
         except CriError as err:
@@ -266,7 +268,9 @@ class CriResolver:
         client = self._client_for_event(deadline)
         try:
             try:
-                container = client.container_status(container_id, timeout=_remaining(deadline))
+                container = client.container_status(
+                    container_id, verbose=True, timeout=_remaining(deadline)
+                )
             except CriNotFound:
                 pass
             else:
@@ -359,9 +363,10 @@ class CriResolver:
         ):
             image = known.image
         started_at = listed.started_at if listed.started_at is not None else known.started_at
-        if image == listed.image and started_at == listed.started_at:
+        pid = listed.pid if listed.pid is not None else known.pid
+        if image == listed.image and started_at == listed.started_at and pid == listed.pid:
             return listed
-        return dataclasses.replace(listed, image=image, started_at=started_at)
+        return dataclasses.replace(listed, image=image, started_at=started_at, pid=pid)
 
     def _ask_statuses(self, client: CriClient, containers: list[ContainerInfo]) -> None:
         """ContainerStatus alone has a container's start time, and turns the image id the
@@ -377,12 +382,17 @@ class CriResolver:
                     continue
                 if known.state == "created":
                     continue  # started_at is still 0; a later list shows it started
-                if known.started_at is not None and not looks_like_image_id(known.image):
+                if (
+                    known.started_at is not None
+                    and known.pid is not None
+                    and not looks_like_image_id(known.image)
+                ):
                     continue
                 self._status_asked.add(listed.id)
             asked += 1
             try:
-                status = client.container_status(listed.id, timeout=_LIST_TIMEOUT)
+                # Verbose: the task's pid, the container's main process, is only there.
+                status = client.container_status(listed.id, verbose=True, timeout=_LIST_TIMEOUT)
             except CriNotFound:
                 continue
             except CriError:
@@ -404,7 +414,8 @@ class CriResolver:
             if status.image is not None and not looks_like_image_id(status.image):
                 image = status.image
             started_at = status.started_at if status.started_at is not None else current.started_at
-            merged = dataclasses.replace(current, image=image, started_at=started_at)
+            pid = status.pid if status.pid is not None else current.pid
+            merged = dataclasses.replace(current, image=image, started_at=started_at, pid=pid)
             self._containers.put(container_id, merged)
             return merged
 
@@ -515,6 +526,7 @@ def _apply_container(
             container_started=(
                 None if container.started_at is None else rfc3339(container.started_at)
             ),
+            container_pid=container.pid,
         )
     k8s.update(
         namespace=(pod.namespace if pod else None) or container.pod_namespace,

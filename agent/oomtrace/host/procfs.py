@@ -332,6 +332,31 @@ def raw_cmdline(pid: int) -> bytes | None:
         os.close(dir_fd)
 
 
+_SIGKILL_BIT = 1 << 8  # SIGKILL (9) in a /proc pending-signal mask
+
+
+def lives_on(pid: int) -> bool | None:
+    """Whether process ``pid`` runs and has not been killed: not a zombie, and no
+    SIGKILL pending for its group (a kill stays in ShdPnd, the group's shared
+    pending set, from the moment it is sent until the process is reaped). None
+    when /proc cannot say."""
+    dir_fd = _open_pid(pid)
+    if dir_fd is None:
+        return False
+    try:
+        fields = _status(_read(dir_fd, "status"))
+    finally:
+        os.close(dir_fd)
+    state, pending = fields.get("State", ""), fields.get("ShdPnd")
+    if not state or pending is None:
+        return None
+    try:
+        killed = bool(int(pending, 16) & _SIGKILL_BIT)
+    except ValueError:
+        return None
+    return state[0] not in "ZX" and not killed
+
+
 def all_pids() -> list[int]:
     """Every process on the node (as this pid namespace sees it)."""
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
