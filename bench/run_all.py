@@ -22,6 +22,7 @@ from bench import common
 BENCHES = (
     "sigpath",
     "bpf_variants",
+    "execpath",
     "killstorm",
     "oomstorm",
     "latency",

@@ -207,6 +207,13 @@ _CAUSE_WORDS: Final = {
 }
 
 
+def _container_init(proc: Party) -> bool:
+    """The process is its container's main process: pid 1 of the container's pid
+    namespace, whose exit makes the kernel kill every other process in it."""
+    k8s = proc.k8s or {}
+    return proc.pid is not None and k8s.get("container_pid") == proc.pid
+
+
 def _lives_on(victim: Party) -> str:
     """A container's child killed while its main process runs on: the container
     did not die, whatever its runtime later reports."""
@@ -230,6 +237,11 @@ def _signal_explanation(facts: Facts, cause: Cause) -> str:
     who = f"{_name(sender.comm)} (pid {sender.pid}, uid {sender.uid})"
     tty = f" on {_name(sender.tty)}" if sender.tty else ""
     how = _CAUSE_WORDS.get(cause, "by {sender}").format(sender=who, tty=tty, code=facts.signal_code)
+    if cause is Cause.KERNEL and facts.signal == "SIGKILL" and _container_init(sender):
+        # zap_pid_ns_processes(): a dying pid namespace init takes the namespace along.
+        how = (
+            f"by the kernel as the container's main process {who} ended: its processes end with it"
+        )
     code = f" (exit code {facts.exit_code})" if facts.exit_code is not None else ""
     lives = _lives_on(facts.victim)
     return f"{_place(facts.victim)} was sent {facts.signal}{code}{_age(facts)} {how}{lives}."

@@ -82,3 +82,17 @@ def test_the_explanation_says_the_container_lives_on() -> None:
     assert "it was a child process (dd): the container's main process (pid 4242) lives on" in text
     dead = victim._replace(k8s={**k8s, "main_process_lives": False})
     assert "lives on" not in classify(facts._replace(victim=dead), Rules()).explanation
+
+
+def test_a_dying_containers_init_taking_its_namespace_along() -> None:
+    k8s = {"namespace": "shop", "pod": "orders", "container": "worker",
+           "container_id": "c" * 64, "container_pid": 670}  # fmt: skip
+    sender = Party(pid=670, comm="sh", uid=0, k8s=k8s)
+    victim = Party(pid=685, comm="sleep", k8s=k8s)
+    facts = Facts(kind="signal", victim=victim, sender=sender, signal="SIGKILL",
+                  signal_code="SI_KERNEL", from_kernel=True)  # fmt: skip
+    verdict = classify(facts, Rules())
+    assert verdict.cause == "kernel"
+    assert "as the container's main process sh (pid 670, uid 0) ended" in verdict.explanation
+    other = facts._replace(sender=sender._replace(pid=671))
+    assert "main process" not in classify(other, Rules()).explanation

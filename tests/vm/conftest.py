@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.agent import AgentProcess
+
+# Where the pod tests' containerd listens (tests/vm/test_pods.py). The agents are
+# told from the start, as a node's agent is: until it answers, the agent retries.
+CRI_DIR = Path("/run/oomtrace-test-cri")
+CRI_ENDPOINT = f"unix://{CRI_DIR}/containerd.sock"
 
 
 @pytest.fixture(scope="session")
@@ -15,8 +21,12 @@ def agents() -> Iterator[dict[str, AgentProcess]]:
     software emulation takes tens of seconds, so they start once."""
     started = {
         # SIGTERM too: earlyoom and the kubelet try it before SIGKILL.
-        "kprobe": AgentProcess("--tier", "auto", "--signals", "KILL,TERM"),
-        "tracepoint": AgentProcess("--tier", "tracepoint", "--signals", "KILL,TERM"),
+        "kprobe": AgentProcess(
+            "--tier", "auto", "--signals", "KILL,TERM", "--cri-endpoint", CRI_ENDPOINT
+        ),
+        "tracepoint": AgentProcess(
+            "--tier", "tracepoint", "--signals", "KILL,TERM", "--cri-endpoint", CRI_ENDPOINT
+        ),
     }
     try:
         for agent in started.values():
