@@ -11,7 +11,7 @@ import pytest
 
 from oomtrace.cri.resolver import CriResolver
 
-from .harness import IMAGE, Container, Containerd, Pod, memory_cgroup
+from .harness import IMAGE, OOM_REASONS, Container, Containerd, Pod, memory_cgroup
 
 pytestmark = pytest.mark.containerd
 
@@ -68,7 +68,7 @@ def test_memory_hog_over_its_limit_is_oom_killed(containerd: Containerd) -> None
     )
     containerd.start_container(hog)
     info = containerd.wait_exited(hog)
-    assert (info.exit_code, info.reason) == (137, "OOMKilled")
+    assert info.exit_code == 137 and info.reason in OOM_REASONS
     containerd.remove_pod(pod)
 
 
