@@ -166,44 +166,57 @@ def _prog_stats(ids: dict[int, str]) -> dict[int, tuple[int, int]]:
     }
 
 
-def program_costs(work: Path, counts: dict[str, int]) -> list[dict[str, Any]]:
+def program_costs(work: Path, counts: dict[str, int], reps: int) -> list[dict[str, Any]]:
     """Each of oomtrace's programs that ran during each loop: runs per iteration
     and ns per run, from kernel.bpf_stats_enabled, as differences of the kernel's
-    counters across the loop (other processes' forks count too)."""
+    counters across the loop (other processes' forks count too). Each loop runs
+    `reps` times, alternating; medians and ranges over those runs."""
     if shutil.which("bpftool") is None:
         return []
     knob = Path("/proc/sys/kernel/bpf_stats_enabled")
     old = knob.read_text().strip()
     agent = common.Agent(work)
-    rows = []
+    # (loop, prog id) -> per run of the loop: (runs per iteration, ns per run)
+    seen: dict[tuple[str, int], list[tuple[float, float]]] = {}
     try:
         agent.wait_ready()
         perf = _bpftool("perf")
         hooks = {link["prog_id"]: link["tracepoint"] for link in perf if link["pid"] == agent.pid}
         names = {p["id"]: p.get("name", "?") for p in _bpftool("prog", "show") if p["id"] in hooks}
         knob.write_text("1")
-        for loop, n in counts.items():
-            start = _prog_stats(hooks)
-            ns_per_iteration(loop, n)
-            end = _prog_stats(hooks)
-            for prog_id, hook in sorted(hooks.items(), key=lambda kv: kv[1]):
-                runs = end[prog_id][0] - start[prog_id][0]
-                if runs < MIN_RUNS * n:
-                    continue
-                run_ns = end[prog_id][1] - start[prog_id][1]
-                rows.append(
-                    {
-                        "loop": loop,
-                        "hook": hook,
-                        "name": names[prog_id],
-                        "runs_per_iteration": runs / n,
-                        "ns_per_run": run_ns / runs,
-                        "ns_per_iteration": run_ns / n,
-                    }
-                )
+        for _ in range(reps):
+            for loop, n in counts.items():
+                start = _prog_stats(hooks)
+                ns_per_iteration(loop, n)
+                end = _prog_stats(hooks)
+                for prog_id in hooks:
+                    runs = end[prog_id][0] - start[prog_id][0]
+                    if runs >= MIN_RUNS * n:
+                        run_ns = end[prog_id][1] - start[prog_id][1]
+                        seen.setdefault((loop, prog_id), []).append((runs / n, run_ns / runs))
     finally:
         knob.write_text(old)
         agent.stop()
+    rows = []
+    order = list(counts)
+    for (loop, prog_id), got in sorted(
+        seen.items(), key=lambda kv: (order.index(kv[0][0]), hooks[kv[0][1]])
+    ):
+        per_iteration = common.median([r for r, _ in got])
+        per_run = [ns for _, ns in got]
+        rows.append(
+            {
+                "loop": loop,
+                "hook": hooks[prog_id],
+                "name": names[prog_id],
+                "runs_per_iteration": per_iteration,
+                "ns_per_run": common.median(per_run),
+                "ns_per_run_min": min(per_run),
+                "ns_per_run_max": max(per_run),
+                "ns_per_iteration": common.median([r * ns for r, ns in got]),
+                "loop_runs": len(got),
+            }
+        )
     return rows
 
 
@@ -318,7 +331,7 @@ def main() -> None:
     others = other_tracers()
     results = measure(counts, rounds)
     with common.workdir() as work:
-        costs = program_costs(work, counts)
+        costs = program_costs(work, counts, 1 if args.short else 5)
         points, seeded, started = memory(work, extra)
 
     report = common.Report("Exec-path overhead and the commands map (bench.execpath)")
@@ -357,7 +370,7 @@ def main() -> None:
                 c["loop"],
                 f"{c['hook']} ({c['name']})",
                 f"{c['runs_per_iteration']:.2f}",
-                f"{c['ns_per_run']:.0f}",
+                f"{c['ns_per_run']:.0f} ({c['ns_per_run_min']:.0f} to {c['ns_per_run_max']:.0f})",
                 f"{c['ns_per_iteration']:.0f}",
             ]
             for c in costs
@@ -365,9 +378,11 @@ def main() -> None:
         for loop in counts:
             total = sum(c["ns_per_iteration"] for c in costs if c["loop"] == loop)
             cost_rows.append([loop, "all of oomtrace's programs", "-", "-", f"{total:.0f}"])
+        loop_runs = max(c["loop_runs"] for c in costs)
         report.add(
-            "oomtrace's BPF programs during each loop (kernel.bpf_stats_enabled)",
-            ["loop", "program", "runs per iteration", "ns per run", "ns per iteration"],
+            f"oomtrace's BPF programs during each loop (kernel.bpf_stats_enabled), "
+            f"{loop_runs} runs of each loop, medians",
+            ["loop", "program", "runs per iteration", "ns per run (range)", "ns per iteration"],
             cost_rows,
         )
     else:
