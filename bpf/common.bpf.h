@@ -118,8 +118,16 @@ static __always_inline void oomtrace_read_task_struct(const void *task, struct o
 	v->oom_score_adj = adj;
 
 	const void *css = oomtrace_task_memcg_css(task, &failed);
-	if (css)
+	if (css) {
 		v->memcg_id = oomtrace_css_id(css, &failed);
+		/* mem_cgroup.oom_group (memory.oom.group, cgroup v2 only; css is the
+		 * mem_cgroup, see oomtrace_read_memcg_counter): an OOM kill there takes
+		 * every process of the memcg in one run, however slowly the scan goes. */
+		u8 group = 0;
+		if (bpf_probe_read_kernel(&group, sizeof(group), (const char *)css + OFF_MEMCG_OOM_GROUP) == 0 &&
+		    group)
+			v->flags |= OOMTRACE_TASK_MEMCG_OOM_GROUP;
+	}
 	if (failed)
 		v->flags |= OOMTRACE_TASK_READ_FAILED;
 }

@@ -36,6 +36,8 @@
 /* Bits of <role>_flags: which parts of a task could not be read. */
 #define OOMTRACE_TASK_NO_OFFSETS 1 /* no BTF offsets: only BPF helper fields are set */
 #define OOMTRACE_TASK_READ_FAILED 2
+/* Not a failure: the task's memcg has memory.oom.group set. */
+#define OOMTRACE_TASK_MEMCG_OOM_GROUP 4
 
 /* Values of info_kind. SEND_SIG_NOINFO is what in-kernel senders without a
  * siginfo pass: cgroup.kill among them; kill(2) always passes a siginfo. */

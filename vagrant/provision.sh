@@ -71,15 +71,17 @@ echo 'vagrant ALL=(ALL) NOPASSWD: ALL' >/etc/sudoers.d/vagrant
 chmod 0440 /etc/sudoers.d/vagrant
 
 # --- services -----------------------------------------------------------------
-# earlyoom kills the biggest process when memory runs low, which would race
-# the kernel OOM killer that the tests provoke. Tests that want it as a peer
-# start it themselves (systemctl start earlyoom).
-if systemctl is-enabled earlyoom >/dev/null 2>&1; then
-  systemctl disable earlyoom 2>/dev/null
-fi
-if [[ $CONTEXT != image ]] && systemctl is-active earlyoom >/dev/null 2>&1; then
-  systemctl stop earlyoom
-fi
+# earlyoom and systemd-oomd kill when memory runs low or under pressure, which
+# would race the kernel OOM killer that the tests provoke. Tests that want one
+# as a peer start it themselves.
+for killer in earlyoom systemd-oomd; do
+  if systemctl is-enabled "$killer" >/dev/null 2>&1; then
+    systemctl disable "$killer" 2>/dev/null
+  fi
+  if [[ $CONTEXT != image ]] && systemctl is-active "$killer" >/dev/null 2>&1; then
+    systemctl stop "$killer"
+  fi
+done
 
 # --- Python venv ----------------------------------------------------------------
 # bcc comes from Debian's python3-bpfcc, so the venv is made from Debian's

@@ -117,6 +117,7 @@ class EventBuilder:
             event["signal"] = None
         if kill.kind == "oom_kill":
             event["group_kill"] = kill.group_kill
+            event["group_kill_via"] = kill.group_kill_via if kill.group_kill else None
             event["trigger"] = self._trigger(kill)
             event["oom"] = self._oom(kill, event["victim"])
         else:
@@ -250,14 +251,15 @@ def node_wide(kill: Kill) -> bool:
 def _oom_evidence(kill: Kill) -> Evidence:
     """The OOM run's evidence: the kprobe's, which saw the OOM first and named its
     memcg, else the victim's own mark's. A group member killed without a mark of
-    its own keeps the context's trigger but no memcg reading of its own."""
+    its own (a process sharing the victim's memory, or one its pid namespace's end
+    took) has the run's: one run of the OOM killer has one memcg and one scan."""
     ctx = kill.context
     if ctx is not None and ctx.kprobe is not None:
         return ctx.evidence
     if kill.mark is not None:
         return kill.mark_evidence
     if ctx is not None:
-        return Evidence(trigger=ctx.evidence.trigger)
+        return ctx.evidence
     return kill.mark_evidence
 
 
@@ -410,6 +412,7 @@ def facts(event: Event, *, info_kind: int | None, node_wide: bool) -> Facts:
         victim_oom_score_adj=victim.get("oom_score_adj"),
         exit_code=exit_info.get("code") if exit_info.get("observed") else None,
         group_kill=bool(event.get("group_kill")),
+        group_kill_via=event.get("group_kill_via"),
         node_wide=node_wide,
         memcg=oom_part.get("memcg"),
         limit_bytes=stat.get("limit_bytes") or oom_part.get("limit_bytes"),

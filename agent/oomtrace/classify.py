@@ -73,6 +73,7 @@ class Facts(NamedTuple):
     victim_oom_score_adj: int | None = None
     exit_code: int | None = None  # the victim's, when its exit was observed
     group_kill: bool = False
+    group_kill_via: str | None = None  # "oom_killer" | "pid_namespace_exit"
     # The kernel said no memcg limit was involved (a global OOM).
     node_wide: bool = False
     memcg: str | None = None  # the memcg whose limit was hit
@@ -189,7 +190,14 @@ def _oom_explanation(facts: Facts, scope: str | None) -> str:
     else:
         why = "the limit that was hit is unknown"
     head = f"{_place(facts.victim)} was killed by the kernel OOM killer{_age(facts)}"
-    if facts.group_kill:
+    if facts.group_kill_via == "pid_namespace_exit":
+        main = (facts.victim.k8s or {}).get("container_pid")
+        init = f"its container's main process (pid {main})" if main else "its pid namespace's init"
+        head += (
+            f" with the process it chose: {init} was killed, and the kernel ends every "
+            "process of a pid namespace when its init dies"
+        )
+    elif facts.group_kill:
         head += " with the process it chose"
     adj = facts.victim_oom_score_adj
     chosen = f"; oom_score_adj {adj}" if isinstance(adj, int) and adj > 0 else ""

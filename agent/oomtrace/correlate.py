@@ -11,9 +11,20 @@ SIGKILL to the victim, mark_victim, SIGKILL to processes sharing its mm, then th
 same for each memory.oom.group member. With the kprobe tier, the oom_kill_process
 record opens the context exactly. With tracepoints only, a context is the run of
 SI_KERNEL SIGKILLs and marks from one trigger thread with less than ``window_ns``
-between them, closed early when one of its victims exits (a new OOM in the same
-scope cannot choose a victim before the previous one is gone or reaped), unless
-the trigger itself is one of them.
+between them, closed early once all of its victims have exited (a new OOM in the
+same scope cannot choose a victim while a previous one is neither gone nor
+reaped), unless the trigger itself is one of them. A kernel SIGKILL from the
+trigger while a victim of its run still lives is that run going on, however long
+its mark takes to follow (the trigger may be preempted in between).
+
+A dying pid namespace's init SIGKILLs every process left in it that has no fatal
+signal pending (zap_pid_ns_processes), SI_KERNEL like the OOM killer's. After a
+group kill those are members already exiting, so the kernel ignores the signal:
+such an unqueued kernel SIGKILL to a process this already holds as killed is
+counted as a duplicate, not reported as a kill of its own. When the init dies
+before the OOM killer's scan reaches a member (the scan skips a process whose
+memory is already gone), the init's SIGKILL is what took that member: it joins
+the OOM's context as a group kill via the namespace's exit.
 """
 
 from __future__ import annotations
@@ -56,7 +67,12 @@ class OomContext:
     # or the first mark's): the trigger, the memcg, the top holders.
     evidence: Evidence = NO_EVIDENCE
     victims: int = 0
+    # Victims (tids) marked and not yet exited; none left closes the context.
+    alive: set[int] = field(default_factory=set)
     closed: bool = False
+    # Memcgs (ids) of its victims that have memory.oom.group set: the run goes
+    # on over every process of them, so their later marks belong to it.
+    group_memcgs: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -72,6 +88,13 @@ class Kill:
     mark: MarkVictimRecord | None = None
     context: OomContext | None = None
     group_kill: bool = False
+    # How a group member died: the OOM killer signalled it ("oom_killer"), or its
+    # pid namespace's init, a victim of the same OOM, took it along when it died
+    # ("pid_namespace_exit").
+    group_kill_via: str | None = None
+    # The OOM run a kernel SIGKILL was sent in, known when it was sent: its
+    # trigger's run still had a living victim.
+    run: OomContext | None = None
     deliver: DeliverRecord | None = None
     exit: ExitRecord | None = None
     # Cleared when no deliver or exit record will come: the signal was not
@@ -138,6 +161,9 @@ class Correlator:
     _contexts: dict[int, OomContext] = field(default_factory=dict)
     # Victims (tgids) a proc connector exit would complete; read by its thread.
     watched_tgids: set[int] = field(default_factory=set)
+    # Released victims by tid and tgid: a zombie still gets its namespace's
+    # teardown SIGKILL after its exit record, and a dying init sends it after its own.
+    _released: dict[int, Kill] = field(default_factory=dict)
 
     def feed(self, record: Record, evidence: Evidence = NO_EVIDENCE) -> list[Kill]:
         """Takes one record and what capture read for it; returns the kills it
@@ -217,6 +243,9 @@ class Correlator:
             self.stats.duplicates += 1
             ctx.last_ktime_ns = rec.ktime_ns
             return []
+        if is_kernel_kill and rec.result != 0 and self._already_killed(rec):
+            self.stats.duplicates += 1
+            return []
         kill = Kill(
             kind="signal",
             ktime_ns=rec.ktime_ns,
@@ -236,10 +265,15 @@ class Correlator:
             # Either a victim (its mark_victim follows), a process sharing the
             # victim's mm, or a kernel force_sig(): decided within the window.
             self._held[rec.target_tid] = kill
+            if ctx is not None and ctx.alive:
+                kill.run = ctx
+                ctx.last_ktime_ns = rec.ktime_ns
         return evicted
 
     def _on_mark(self, rec: MarkVictimRecord, evidence: Evidence) -> list[Kill]:
-        ctx = self._live_context(rec.trigger.tid, rec.ktime_ns)
+        held = self._held.get(rec.victim_tid)
+        group_memcg = _group_memcg(held)
+        ctx = self._live_context(rec.trigger.tid, rec.ktime_ns, group_memcg)
         if ctx is None or (
             ctx.kprobe is None
             and ctx.victims > 0
@@ -249,11 +283,20 @@ class Correlator:
             # on (a fatal signal is pending), so it cannot start another run:
             # however slow the machine, its later marks are group members.
             and not self._context_has_victim(ctx, rec.trigger.tgid)
+            # The same for a memory.oom.group memcg this run killed in: the scan
+            # takes all of it, each member's report printed before the next (a
+            # serial console makes that milliseconds).
+            and (group_memcg is None or group_memcg not in ctx.group_memcgs)
+            and (held is None or held.run is not ctx)
         ):
             ctx = self._open_context(rec.trigger, rec.ktime_ns, kprobe=None, evidence=evidence)
+        if group_memcg is not None:
+            ctx.group_memcgs.add(group_memcg)
         group_member = ctx.victims > 0
         ctx.last_ktime_ns = rec.ktime_ns
         ctx.victims += 1
+        ctx.alive.add(rec.victim_tid)
+        ctx.closed = False
         kill = self._held.pop(rec.victim_tid, None) or self._decided_too_early(rec)
         evicted: list[Kill] = []
         if kill is None:
@@ -274,6 +317,7 @@ class Correlator:
         kill.mark_evidence = evidence
         kill.context = ctx
         kill.group_kill = group_member
+        kill.group_kill_via = "oom_killer" if group_member else None
         if rec.victim_comm:
             kill.victim_comm = rec.victim_comm
         return evicted
@@ -304,7 +348,8 @@ class Correlator:
         kill.exit = rec
         kill.exit_evidence = evidence
         if kill.context is not None:
-            kill.context.closed = True
+            kill.context.alive.discard(kill.victim_tid)
+            kill.context.closed = not kill.context.alive
         if self._is_held(kill):
             return []
         self._release(kill)
@@ -326,15 +371,21 @@ class Correlator:
         self._contexts[trigger.tid] = ctx
         return ctx
 
-    def _live_context(self, trigger_tid: int, ktime_ns: int) -> OomContext | None:
+    def _live_context(
+        self, trigger_tid: int, ktime_ns: int, group_memcg: int | None = None
+    ) -> OomContext | None:
         ctx = self._contexts.get(trigger_tid)
         if ctx is None:
             return None
-        # oom_kill_process() prints the OOM report (dump_header) before it kills
-        # the victim the kprobe named; on a slow console that outlasts the window,
-        # and the trigger cannot run another OOM before it is done.
-        opening = ctx.kprobe is not None and ctx.victims == 0
-        if ktime_ns - ctx.last_ktime_ns > (self.exit_wait_ns if opening else self.window_ns):
+        # oom_kill_process() prints a report before it kills the victim the kprobe
+        # named, and a line per member before the next member of a memory.oom.group:
+        # on a serial console that outlasts the window. A kprobe context is exact
+        # (the trigger's next run brings its own record), and so is a run through a
+        # memory.oom.group memcg it already killed in.
+        exact = ctx.kprobe is not None or (
+            group_memcg is not None and group_memcg in ctx.group_memcgs
+        )
+        if ktime_ns - ctx.last_ktime_ns > (self.exit_wait_ns if exact else self.window_ns):
             return None
         return ctx
 
@@ -355,6 +406,21 @@ class Correlator:
                 return kill
         return None
 
+    def _already_killed(self, rec: SignalRecord) -> bool:
+        """The target is a victim this holds, or released within the exit wait."""
+        ids = {rec.target_tid} if rec.target is None else {rec.target_tid, rec.target.tgid}
+        return any(self._killed(i, rec.ktime_ns) is not None for i in ids)
+
+    def _killed(self, tid: int, now_ns: int) -> Kill | None:
+        """The kill of this tid or tgid, pending or released within the exit wait."""
+        for kill in self._pending.values():
+            if tid in (kill.victim_tid, kill.victim_tgid):
+                return kill
+        released = self._released.get(tid)
+        if released is not None and now_ns - released.ktime_ns > self.exit_wait_ns:
+            return None
+        return released
+
     def _context_has_victim(self, ctx: OomContext, tid: int) -> bool:
         return any(k.context is ctx and k.victim_tid == tid for k in self._pending.values())
 
@@ -372,7 +438,17 @@ class Correlator:
             kill.kind = "oom_kill"
             kill.context = ctx
             kill.group_kill = True
+            kill.group_kill_via = "oom_killer"
             ctx.last_ktime_ns = kill.ktime_ns
+            return
+        # zap_pid_ns_processes(): the sender is a pid namespace's init that this OOM
+        # killed, and the target was not yet killed by the OOM killer's own scan.
+        init = self._killed(kill.signal.sender.tgid, kill.ktime_ns)
+        if init is not None and init.kind == "oom_kill" and init.context is not None:
+            kill.kind = "oom_kill"
+            kill.context = init.context
+            kill.group_kill = True
+            kill.group_kill_via = "pid_namespace_exit"
 
     @staticmethod
     def _complete(kill: Kill) -> bool:
@@ -402,6 +478,12 @@ class Correlator:
 
     def _release(self, kill: Kill) -> None:
         self._pending.pop(id(kill), None)
+        if kill.kind == "oom_kill" or (kill.signal is not None and kill.signal.sig == SIGKILL):
+            while len(self._released) >= 2 * self.max_pending:
+                del self._released[next(iter(self._released))]
+            self._released[kill.victim_tid] = kill
+            if kill.victim_tgid is not None:
+                self._released[kill.victim_tgid] = kill
         if kill.victim_tgid is not None:
             self.watched_tgids.discard(kill.victim_tgid)
         if kill.signal is not None:
@@ -411,6 +493,15 @@ class Correlator:
 
 
 SIG_DFL: Final = 0
+
+
+def _group_memcg(kill: Kill | None) -> int | None:
+    """The memcg id of a kernel SIGKILL's target when the kernel said it has
+    memory.oom.group set."""
+    if kill is None or kill.signal is None or kill.signal.target is None:
+        return None
+    target = kill.signal.target
+    return target.memcg_id if target.memcg_oom_group and target.memcg_id else None
 
 
 def _ends_process(rec: DeliverRecord) -> bool:

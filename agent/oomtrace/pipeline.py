@@ -333,6 +333,9 @@ class Agent:
             ring_buffer_bytes=size,
             pending=self.correlator.pending_count(),
             evicted=s.evicted,
+            # Signals folded into a kill already reported (the OOM killer's own
+            # resend, a dying pid namespace's SIGKILL to a member already exiting).
+            duplicates=s.duplicates,
             unmatched_deliver=s.unmatched_deliver,
             unmatched_exit=s.unmatched_exit,
             commands_full=self._commands_full_seen if self.commands else None,

@@ -90,7 +90,12 @@ def _oom_lines(event: Event) -> list[str]:
             f"(anon {mib(parts.get('anon'))}, file {mib(parts.get('file'))})"
         )
     if event.get("group_kill"):
-        lines.append(f"  killed with the chosen victim (OOM context {oom.get('context_id')})")
+        via = (
+            ", as its pid namespace's init died"
+            if event.get("group_kill_via") == "pid_namespace_exit"
+            else ""
+        )
+        lines.append(f"  killed with the chosen victim{via} (OOM context {oom.get('context_id')})")
     return lines
 
 

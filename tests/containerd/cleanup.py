@@ -24,6 +24,25 @@ def cgroup_hierarchies() -> list[Path]:
     return found
 
 
+def memory_hierarchy() -> Path:
+    """Mount point of the hierarchy that holds the memory controller: the v1 memory
+    hierarchy where there is one (hybrid or legacy), else the cgroup2 hierarchy if memory
+    is among its controllers. A v2 hierarchy is told by its root's cgroup.controllers."""
+    unified = None
+    for fields in _mountinfo():
+        dash = fields.index("-")
+        fstype, options = fields[dash + 1], fields[dash + 3]
+        if fstype == "cgroup" and "memory" in options.split(","):
+            return Path(fields[4])
+        if fstype == "cgroup2" and unified is None:
+            unified = Path(fields[4])
+    if unified is not None:
+        with contextlib.suppress(OSError):
+            if "memory" in (unified / "cgroup.controllers").read_text().split():
+                return unified
+    raise LookupError("no cgroup hierarchy with the memory controller is mounted")
+
+
 def mounts_under(root: Path) -> list[Path]:
     """Mount points at or below ``root``, deepest first."""
     root = root.resolve()

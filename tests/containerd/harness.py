@@ -147,6 +147,10 @@ class Containerd:
         self._cgroup_parents: set[str] = set()
         # Slices given a limit that outlives the test unless lifted (systemd driver).
         self._limited_slices: set[str] = set()
+        # The same with cgroupfs: each limit file written, with the value that lifts it.
+        self._limited_cgroups: dict[Path, str] = {}
+        # Directories the harness made itself in the memory hierarchy (cgroupfs driver).
+        self._made_cgroups: list[Path] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._image_imported = False
         # Host directories that may be created for us: removed at close only if they were not
@@ -298,13 +302,22 @@ class Containerd:
         """RunPodSandbox with host network and the labels the kubelet sets, after the
         pod's cgroup with its memory limit, as the kubelet's pod container manager makes
         it before the sandbox (pkg/kubelet/cm/pod_container_manager_linux.go,
-        EnsureExists; the limit is the sum of the containers' limits)."""
+        EnsureExists; the limit is the sum of the containers' limits).
+
+        With the systemd driver that cgroup is a slice with MemoryMax. With cgroupfs the
+        kubelet's cgroup manager (pkg/kubelet/cm/cgroup_manager_linux.go, Create) first
+        makes the pod's directory in every mounted hierarchy, joining no process to it,
+        then sets the pod's resources on it: memory.limit_in_bytes on cgroup v1,
+        memory.max on v2. The harness does so in the memory hierarchy alone, and only
+        when a limit is asked; runc makes the directories of the other hierarchies when
+        it places the sandbox below."""
         uid = uid or str(uuid.uuid4())
         parent = cgroup_parent or self.pod_cgroup(qos_class, uid)
         if self.systemd:
             self._pod_slice(parent, memory_limit_bytes)
         elif memory_limit_bytes is not None:
-            raise NotImplementedError("pod-level limits are made with the systemd driver only")
+            self._cgroup_parents.add(parent)  # removed at close even if the sandbox fails
+            self._cgroupfs_memory_limit(parent, memory_limit_bytes)
         labels = {
             "io.kubernetes.pod.name": name,
             "io.kubernetes.pod.namespace": namespace,
@@ -492,9 +505,15 @@ class Containerd:
             )  # fmt: skip
 
     def set_memory_limit(self, cgroup: str, limit_bytes: int) -> None:
-        """A limit on a QoS slice or kubepods.slice, as the kubelet keeps one on
-        kubepods.slice (allocatable) with the systemd driver."""
-        assert self.systemd, "slice limits are made with the systemd driver"
+        """A limit on kubepods or a QoS cgroup, as the kubelet keeps kubepods at the node's
+        allocatable memory (pkg/kubelet/cm/node_container_manager_linux.go: made by
+        createNodeAllocatableCgroups through the cgroup manager's Create, kept by
+        enforceNodeAllocatableCgroups through its Update). With the systemd driver, a
+        property of the slice; with cgroupfs, the limit file of the cgroup in the memory
+        hierarchy, the cgroup made first if missing. Lifted at close if still there."""
+        if not self.systemd:
+            self._cgroupfs_memory_limit(cgroup, limit_bytes, lift_at_close=True)
+            return
         unit = cgroup.rsplit("/", 1)[-1]
         self._limited_slices.add(unit)
         subprocess.run(
@@ -502,6 +521,37 @@ class Containerd:
              f"MemoryMax={limit_bytes}", "MemorySwapMax=0"],
             check=True, capture_output=True,
         )  # fmt: skip
+
+    def _cgroupfs_memory_limit(
+        self, cgroup: str, limit_bytes: int, *, lift_at_close: bool = False
+    ) -> None:
+        """A memory limit on ``cgroup`` as the kubelet's cgroupfs manager writes one
+        (pkg/kubelet/cm/cgroup_manager_linux.go: Create makes the directory and then sets
+        the resources, Update only sets them). Missing directories are made first, and
+        remembered for close. Cgroup v1 takes memory.limit_in_bytes, lifted by -1; v2
+        takes memory.max, lifted by "max", and needs the memory controller enabled in each
+        ancestor's cgroup.subtree_control, as runc's v2 manager enables the controllers
+        down the path it creates (the kubelet's Create goes through it)."""
+        hierarchy = cleanup.memory_hierarchy()
+        v2 = (hierarchy / "cgroup.controllers").exists()
+        path = hierarchy / cgroup.strip("/")
+        if path == hierarchy:
+            raise ValueError("no limit on the root cgroup")
+        inside = [p for p in (path, *path.parents) if hierarchy in p.parents]
+        for directory in reversed(inside):
+            if v2:
+                _enable_memory_controller(directory.parent)
+            try:
+                directory.mkdir()
+            except FileExistsError:
+                continue
+            self._made_cgroups.append(directory)
+        limit_file, unlimited = (
+            (path / "memory.max", "max") if v2 else (path / "memory.limit_in_bytes", "-1")
+        )
+        if lift_at_close:
+            self._limited_cgroups[limit_file] = unlimited
+        limit_file.write_text(str(limit_bytes))
 
     # ---- teardown ----
 
@@ -534,11 +584,20 @@ class Containerd:
             ]
             for unit in units:
                 subprocess.run(["systemctl", "stop", unit], capture_output=True, check=False)
+        for limit_file, unlimited in self._limited_cgroups.items():
+            with contextlib.suppress(OSError):  # the cgroup is gone: nothing to lift
+                limit_file.write_text(unlimited)
+        self._limited_cgroups.clear()
         for parent in self._cgroup_parents:
             cleanup.remove_cgroup_tree(parent)
         for rel, existed in sorted(self._preexisting_cgroups.items(), reverse=True):
             if not existed:
                 cleanup.remove_empty_cgroup(rel)
+        # Deepest first; a directory already removed above, or not empty, is left as it is.
+        for directory in sorted(self._made_cgroups, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        self._made_cgroups.clear()
         for sock in shim_sockets:
             with contextlib.suppress(OSError):
                 sock.unlink()
@@ -597,6 +656,13 @@ def memory_cgroup(pid: int) -> str:
     if unified is None:
         raise LookupError(f"pid {pid} has no memory cgroup")
     return unified
+
+
+def _enable_memory_controller(cgroup: Path) -> None:
+    """Lets a v2 cgroup's children have the memory controller (cgroup.subtree_control)."""
+    control = cgroup / "cgroup.subtree_control"
+    if "memory" not in control.read_text().split():
+        control.write_text("+memory")
 
 
 def _host_network() -> Any:

@@ -113,6 +113,7 @@ def test_header_constants_equal_the_decoders() -> None:
         "MEMCG_LEVELS",
         "TASK_NO_OFFSETS",
         "TASK_READ_FAILED",
+        "TASK_MEMCG_OOM_GROUP",
         "MARK_VICTIM_PID_ONLY",
         "MARK_VICTIM_FULL",
         "ARGV_LEN",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from oomtrace.correlate import (
     Kill,
 )
 from oomtrace.kernel.records import (
+    TASK_MEMCG_OOM_GROUP,
     CgroupRecord,
     DeliverRecord,
     ExitRecord,
@@ -357,6 +358,14 @@ def test_kprobe_context_waits_for_a_slow_oom_report() -> None:
     assert kill.kind == "oom_kill"
     assert kill.context is not None and kill.context.kprobe is kprobe
 
+    # Each memory.oom.group member's report line is printed before the next
+    # member's kill: the run is the kprobe's until the trigger's next record.
+    member = signal(late + 300 * MS, TRIGGER, 202)
+    f(member, mark(member.ktime_ns + 10_000, TRIGGER, 202))
+    f(deliver(member.ktime_ns + MS, member), exit_(member.ktime_ns + 2 * MS, member))
+    [_, joined] = f.kills
+    assert joined.context is kill.context and joined.group_kill is True
+
 
 def test_mm_sharer_is_a_group_kill_once_the_window_passes() -> None:
     """A process sharing the victim's mm gets SI_KERNEL SIGKILL right after the
@@ -426,6 +435,91 @@ def test_duplicate_kernel_sigkill_in_one_context_is_dropped() -> None:
     assert f.tick(T0 + DEFAULT_EXIT_WAIT_NS * 2) == []
     assert f.corr.drain() == []
     assert len(f.kills) == 1
+
+
+def test_namespace_teardown_sigkill_is_a_duplicate_or_joins_the_oom() -> None:
+    """A group kill takes the container's init too; dying, it SIGKILLs what is left
+    in its pid namespace (SI_KERNEL, from init). Members already exiting ignore it,
+    before or after their exit record: no kill of their own. One still running
+    takes it: that one is a kill."""
+    f = feeder()
+    sigs = [signal(T0 + i * 10_000, TRIGGER, victim) for i, victim in enumerate((201, 202))]
+    for sig in sigs:
+        f(sig, mark(sig.ktime_ns + 1_000, TRIGGER, sig.target_tid))
+    [first] = f(deliver(T0 + MS, sigs[0]), exit_(T0 + 2 * MS, sigs[0]))
+    init = task(202, comm="sh")
+    teardown = [
+        signal(T0 + 3 * MS, init, 201, result=1),  # already exited: a zombie
+        signal(T0 + 3 * MS + 1, init, 203, result=1),  # pending below
+        signal(T0 + 3 * MS + 2, init, 204),  # delivered: a kill of its own
+    ]
+    f(signal(T0 + 2 * MS, task(300), 203, code=0), *teardown)
+    assert f.corr.stats.duplicates == 1 + 1
+    kills = {k.victim_tid: k for k in f.tick(T0 + 3 * MS + DEFAULT_WINDOW_NS + MS)}
+    kills |= {k.victim_tid: k for k in f.corr.drain()}
+    assert sorted(kills) == [202, 203, 204]
+    assert first.victim_tid == 201
+    # 204 was not reached by the OOM killer's scan: the init's end took it, so it
+    # belongs to the OOM, a group kill via the pid namespace's exit.
+    taken = kills[204]
+    assert (taken.kind, taken.group_kill, taken.group_kill_via) == (
+        "oom_kill",
+        True,
+        "pid_namespace_exit",
+    )
+    assert taken.context is first.context
+    assert (kills[202].group_kill_via, kills[203].kind) == ("oom_killer", "signal")
+
+
+def test_unqueued_kernel_sigkill_to_a_process_never_killed_is_reported() -> None:
+    f = feeder()
+    f(signal(T0, task(1, comm="init"), 401, result=1))
+    [kill] = f.tick(T0 + DEFAULT_WINDOW_NS + MS)
+    assert (kill.victim_tid, kill.kind) == (401, "signal")
+    assert f.corr.stats.duplicates == 0
+
+
+@pytest.mark.parametrize("oom_group", [True, False])
+def test_slow_oom_group_scan_stays_one_context(oom_group: bool) -> None:
+    """A serial console prints each member's report before the next member is
+    killed: milliseconds apart, past the window, and the victims so far may be
+    gone meanwhile. When the kernel said the members' memcg has memory.oom.group
+    set, the run is one; without that word, a mark after every victim's exit
+    starts a new run, as before."""
+    f = feeder()
+    flags = TASK_MEMCG_OOM_GROUP if oom_group else 0
+
+    def kernel_kill(t: int, victim: int) -> SignalRecord:
+        return replace(signal(t, TRIGGER, victim), target=replace(task(victim), flags=flags))
+
+    chosen = kernel_kill(T0, 201)
+    f(chosen, mark(T0 + 10_000, TRIGGER, 201))
+    f(exit_(T0 + 3 * MS, chosen))  # the victim is gone before the scan goes on
+    member = kernel_kill(T0 + 120 * MS, 202)
+    f(member, mark(T0 + 120 * MS + 10_000, TRIGGER, 202), exit_(T0 + 121 * MS, member))
+    f.tick(T0 + 130 * MS)
+    kills = {k.victim_tid: k for k in f.kills}
+    assert sorted(kills) == [201, 202]
+    assert (kills[202].context is kills[201].context) is oom_group
+    assert kills[202].group_kill is oom_group
+
+
+def test_member_signalled_while_a_victim_lived_stays_in_the_run() -> None:
+    """The member's SIGKILL came while the chosen victim still lived, so no new
+    run could have chosen it; its mark came late (the trigger was preempted), after
+    every victim marked so far had exited."""
+    f = feeder()
+    chosen, first, late = (
+        signal(T0 + i * MS, TRIGGER, v) for i, v in ((0, 201), (1, 202), (8, 203))
+    )
+    f(chosen, mark(T0 + 10_000, TRIGGER, 201))
+    f(first, mark(T0 + MS + 10_000, TRIGGER, 202), exit_(T0 + 5 * MS, first))
+    f(late, exit_(T0 + 20 * MS, chosen))
+    f(mark(T0 + 38 * MS, TRIGGER, 203), exit_(T0 + 39 * MS, late))
+    kills = {k.victim_tid: k for k in f.kills}
+    assert sorted(kills) == [201, 202, 203]
+    assert {id(k.context) for k in kills.values()} == {id(kills[201].context)}
+    assert [kills[t].group_kill for t in (201, 202, 203)] == [False, True, True]
 
 
 def test_same_tid_signalled_again_outside_the_context_is_a_new_kill() -> None:

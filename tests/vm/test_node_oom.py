@@ -131,3 +131,58 @@ def test_earlyoom_is_a_userspace_oom_killer(
     assert event["sender"]["comm"] == "earlyoom"
     assert event["cause"] == "userspace_oom_killer"
     assert "userspace OOM killer earlyoom" in event["explanation"]
+
+
+# One process that keeps its own page cache and grows its heap past its unit's
+# MemoryHigh: the kernel throttles it on every return to user space (a memory
+# stall, so its cgroup's PSI climbs) and reclaims its file pages (pgscan, which
+# systemd-oomd wants to see before it kills). No node-wide pressure is needed.
+PRESSURED = """
+import os, time
+path = "/var/tmp/oomtrace-oomd-cache"
+with open(path, "wb") as f:
+    f.write(os.urandom(16 << 20))
+heap = []
+while True:
+    heap.append(bytearray(1 << 20))
+    with open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+"""
+OOMD_CONF = Path("/run/systemd/oomd.conf.d/oomtrace-test.conf")
+
+
+def test_systemd_oomd_is_a_userspace_oom_killer(agents: dict[str, AgentProcess]) -> None:
+    """Scenario 6 of the Kubernetes node: systemd-oomd kills a unit held under
+    memory pressure (ManagedOOMMemoryPressure=kill), with kill(2) to each of its
+    processes."""
+    OOMD_CONF.parent.mkdir(parents=True, exist_ok=True)
+    # The pressure must last this long above the unit's limit (30 s by default).
+    OOMD_CONF.write_text("[OOM]\nDefaultMemoryPressureDurationSec=2s\n")
+    unit = "oomtrace-pressured"
+    try:
+        subprocess.run(["systemctl", "restart", "systemd-oomd"], check=True)
+        subprocess.run(
+            ["systemd-run", "--unit", unit, "-p", "MemoryHigh=48M", "-p", "MemoryMax=160M",
+             "-p", "MemorySwapMax=0", "-p", "ManagedOOMMemoryPressure=kill",
+             "-p", "ManagedOOMMemoryPressureLimit=10%",
+             sys.executable, "-c", PRESSURED],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        show = ["systemctl", "show", "-P", "MainPID", unit]
+        main_pid = int(subprocess.run(show, check=True, capture_output=True, text=True).stdout)
+        assert main_pid > 0
+        event = agents["kprobe"].wait_for(victim_pid(main_pid), timeout=180)
+        assert event["type"] == "signal", event
+        assert event["sender"]["comm"] == "systemd-oomd", event["sender"]
+        assert event["cause"] == "userspace_oom_killer", event
+        assert "userspace OOM killer systemd-oomd" in event["explanation"]
+        assert event["victim"]["cgroup"] == f"/system.slice/{unit}.service"
+        other = agents["tracepoint"].wait_for(victim_pid(main_pid), timeout=30)
+        assert other["cause"] == "userspace_oom_killer"
+    finally:
+        subprocess.run(["systemctl", "stop", "systemd-oomd"], check=False)
+        subprocess.run(["systemctl", "stop", unit], capture_output=True, check=False)
+        subprocess.run(["systemctl", "reset-failed", unit], capture_output=True, check=False)
+        OOMD_CONF.unlink(missing_ok=True)
+        Path("/var/tmp/oomtrace-oomd-cache").unlink(missing_ok=True)

@@ -229,8 +229,9 @@ class CriResolver:
 
     def _wants_start(self, container: ContainerInfo) -> bool:
         """A process of this container was seen, so it has started: a listed container
-        whose status the refresh has not read yet is asked once, within the wait."""
-        if container.started_at is not None or container.is_sandbox:
+        whose status the refresh has not read yet is asked once, within the wait. A
+        status read before its task ran has a start but no pid yet: asked again."""
+        if container.is_sandbox or (container.started_at is not None and container.pid):
             return False
         with self._lock:
             return (

@@ -46,6 +46,7 @@ TASK_OFFSETS: Final[dict[str, tuple[str, str]]] = {
     "OFF_CSS_PARENT": ("cgroup_subsys_state", "parent"),
     "OFF_MEMCG_CSS": ("mem_cgroup", "css"),
     "OFF_MEMCG_MEMORY": ("mem_cgroup", "memory"),
+    "OFF_MEMCG_OOM_GROUP": ("mem_cgroup", "oom_group"),
     "OFF_PAGE_COUNTER_USAGE": ("page_counter", "usage"),
     "OFF_PAGE_COUNTER_MAX": ("page_counter", "max"),
     "OFF_KSIGACTION_HANDLER": ("k_sigaction", "sa.sa_handler"),

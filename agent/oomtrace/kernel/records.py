@@ -44,6 +44,7 @@ PENDING_KILLS_MAX: Final = 65536
 
 TASK_NO_OFFSETS: Final = 1
 TASK_READ_FAILED: Final = 2
+TASK_MEMCG_OOM_GROUP: Final = 4
 
 INFO_UNKNOWN: Final = 0
 INFO_NOINFO: Final = 1
@@ -239,6 +240,11 @@ class Task:
     flags: int
     comm: str
     parent_comm: str
+
+    @property
+    def memcg_oom_group(self) -> bool:
+        """Its memcg has memory.oom.group set (read in the kernel, with BTF)."""
+        return bool(self.flags & TASK_MEMCG_OOM_GROUP)
 
     @property
     def has_struct_fields(self) -> bool:
