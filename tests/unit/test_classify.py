@@ -617,6 +617,22 @@ EXPLANATION_CASES = [
         id="oom-group-kill",
     ),
     pytest.param(
+        oom_event(
+            victim_k8s=WEB | {"container_pid": 10280},
+            trigger=process("sh", 10290, CONTAINER_CGROUP, k8s("web", CID)),
+            group_kill=True,
+        )
+        | {"group_kill_via": "pid_namespace_exit"},
+        False,
+        (
+            "Container web (pod shop/web-7d9) was killed by the kernel OOM killer with the process "
+            "it chose: its container's main process (pid 10280) was killed, and the kernel ends "
+            "every process of a pid namespace when its init dies: ",
+        ),
+        (),
+        id="oom-group-kill-via-pid-namespace-exit",
+    ),
+    pytest.param(
         signal_event(CRON_SH),
         False,
         (
