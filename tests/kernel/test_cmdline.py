@@ -77,13 +77,22 @@ def test_oom_kill_right_after_exec_keeps_the_whole_argv(agent: AgentProcess) -> 
 
 
 def _execd(proc: subprocess.Popen[bytes], comm: str) -> subprocess.Popen[bytes]:
-    """``proc`` once it runs its program: killed between fork and exec, a
-    child still has (and is reported with) its parent's argv."""
+    """``proc`` once it runs its program and waits (a read, a sleep): killed
+    between fork and exec, a child still has (and is reported with) its parent's
+    argv. The new comm alone is not enough: exec sets it before it loads the
+    program, and its tracepoint fires only once that is done."""
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{proc.pid}/comm").read_text().strip() != comm:
+    while not _waiting_as(proc.pid, comm):
         assert time.monotonic() < deadline, f"{proc.args!r} did not exec"
         time.sleep(0.005)
     return proc
+
+
+def _waiting_as(pid: int, comm: str) -> bool:
+    # /proc/<pid>/stat: "pid (comm) state ..."; S is an interruptible sleep.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    name, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :]
+    return name == comm and rest.startswith("S")
 
 
 def _reader(*args: str) -> subprocess.Popen[bytes]:
