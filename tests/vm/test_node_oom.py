@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,27 @@ time.sleep(600)
 """
 
 
+def settle_until_available(wanted: int, timeout: float = 120) -> None:
+    """Waits until MemAvailable reaches `wanted` bytes."""
+    end = time.monotonic() + timeout
+    while (available := _meminfo_kb("MemAvailable") * 1024) < wanted:
+        assert time.monotonic() < end, f"only {available >> 20} MiB available"
+        time.sleep(1)
+
+
+def _meminfo_kb(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, value = line.split(":", 1)
+        if name == field:
+            return int(value.split()[0])
+    raise LookupError(field)
+
+
+def _vm_rss_kb(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next((line for line in status.splitlines() if line.startswith("VmRSS")), "?")
+
+
 def adjusted(adj: int) -> Any:
     def set_adj() -> None:
         Path("/proc/self/oom_score_adj").write_text(str(adj))
@@ -67,6 +89,9 @@ def test_host_hog_drives_a_global_oom(agents: dict[str, AgentProcess]) -> None:
     # A BestEffort-like idle process (adj 1000) and a host hog (adj 0) outside
     # any limited cgroup: the kernel kills the idle one first. What the idle one
     # holds satisfies the hog's last allocation once the reaper frees it.
+    # The hog must be what fills the node: whatever an earlier test left using
+    # memory (an agent still compiling, a container still going) is let go first.
+    settle_until_available(1 << 30)
     idle = subprocess.Popen(
         [sys.executable, "-c", IDLE], preexec_fn=adjusted(1000), stdout=subprocess.PIPE
     )
@@ -82,6 +107,7 @@ def test_host_hog_drives_a_global_oom(agents: dict[str, AgentProcess]) -> None:
             assert idle.wait(timeout=300) == -signal.SIGKILL
             event = agents["kprobe"].wait_for(victim_pid(idle.pid), timeout=60)
             assert hog.poll() is None, "a second OOM took the hog: it grew past the kill"
+            hog_rss = _vm_rss_kb(hog.pid)
         finally:
             hog.kill()
             hog.wait()
@@ -97,7 +123,7 @@ def test_host_hog_drives_a_global_oom(agents: dict[str, AgentProcess]) -> None:
     if trigger["pid"] == hog.pid:
         assert trigger["cgroup"].endswith(f"updatedb-{os.getpid()}.scope")
     # Whoever drew it, the hog is what ate the node, and the event says so.
-    assert oom["top_holders"][0]["pid"] == hog.pid, (trigger, oom["top_holders"])
+    assert oom["top_holders"][0]["pid"] == hog.pid, (trigger, oom["top_holders"], hog_rss)
     assert oom["top_holders"][0]["comm"] == Path(sys.executable).name[:15]
     assert "global OOM" in event["explanation"]
     assert event["victim"]["exit"]["code"] == 137
