@@ -26,6 +26,13 @@ HOG = ["dd", "if=/dev/zero", "of=/dev/null", "bs=100M"]
 # dropping the memory.
 HOLD = ["sh", "-c", "x=$(head -c 20000000 /dev/zero | tr '\\0' a); sleep 3600; echo ${#x}"]
 Event = dict[str, Any]
+# Past what the shell leaves of the node's 96 MiB (one OOM, the shell's), then a
+# pause: the agent reads the holders while the hog is still on top, before its
+# growth draws the second OOM, its own.
+GROW_PAUSE_GROW = (
+    "import time\nx = [bytearray(1 << 20) for _ in range(80)]\ntime.sleep(3)\n"
+    "while True:\n    x.append(bytearray(1 << 20))\n"
+)
 
 
 def killed(container: Container) -> Callable[[Event], bool]:
@@ -129,7 +136,7 @@ def test_host_hog_under_a_limited_parent(containerd: Containerd, agent: AgentPro
         cron = cron / "cron.service"
         _mkdir_memcg(cron)
         hog = subprocess.Popen(
-            [sys.executable, "-c", "x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n"],
+            [sys.executable, "-c", GROW_PAUSE_GROW],
             preexec_fn=lambda: (cron / "cgroup.procs").write_text("0"),
         )
         event = agent.wait_for(killed(shell), timeout=30, what="the pod shell's oom_kill")
