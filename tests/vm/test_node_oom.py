@@ -97,6 +97,15 @@ def test_host_hog_drives_a_global_oom(agents: dict[str, AgentProcess]) -> None:
     )
     assert idle.stdout is not None
     assert idle.stdout.readline().strip() == b"held"
+    # A second, smaller BestEffort-like process: under emulation the idle one can
+    # exit so slowly that the hog's allocation in flight draws a second OOM. That
+    # one then takes this spare (also adj 1000), not the hog the event must name.
+    spare = subprocess.Popen(
+        [sys.executable, "-c", IDLE.replace("64 << 20", "16 << 20")],
+        preexec_fn=adjusted(1000), stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert spare.stdout is not None
+    assert spare.stdout.readline().strip() == b"held"
     with runner_protected():
         hog = subprocess.Popen(
             ["systemd-run", "--scope", "--quiet", "--unit", f"updatedb-{os.getpid()}",
@@ -111,6 +120,8 @@ def test_host_hog_drives_a_global_oom(agents: dict[str, AgentProcess]) -> None:
         finally:
             hog.kill()
             hog.wait()
+            spare.kill()
+            spare.wait()
     oom = event["oom"]
     assert oom["constraint"] == "global"
     assert oom["scope"] == "node"
