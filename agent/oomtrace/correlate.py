@@ -271,6 +271,18 @@ class Correlator:
         return evicted
 
     def _on_mark(self, rec: MarkVictimRecord, evidence: Evidence) -> list[Kill]:
+        if rec.victim_tid not in self._held:
+            prior = self._killed(rec.victim_tid, rec.ktime_ns)
+            if (
+                prior is not None
+                and prior.kind == "oom_kill"
+                and prior.context is not None
+                and prior.context.trigger.tid == rec.trigger.tid
+            ):
+                # The scan reached a member its pid namespace's end had already
+                # taken, still exiting: the same death, already reported.
+                self.stats.duplicates += 1
+                return []
         held = self._held.get(rec.victim_tid)
         group_memcg = _group_memcg(held)
         ctx = self._live_context(rec.trigger.tid, rec.ktime_ns, group_memcg)

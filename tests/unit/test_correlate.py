@@ -522,6 +522,24 @@ def test_member_signalled_while_a_victim_lived_stays_in_the_run() -> None:
     assert [kills[t].group_kill for t in (201, 202, 203)] == [False, True, True]
 
 
+def test_scan_reaching_a_member_the_namespace_took_is_a_duplicate() -> None:
+    """The pid namespace's end took a member; the OOM killer's scan reaches it later,
+    still exiting, and marks it with no SIGKILL of its own: no second kill."""
+    f = feeder()
+    chosen = signal(T0, TRIGGER, 201)
+    f(chosen, mark(T0 + 10_000, TRIGGER, 201), exit_(T0 + MS, chosen))
+    taken = signal(T0 + 2 * MS, task(201, comm="sh"), 203)
+    f(taken, exit_(T0 + 3 * MS, taken))
+    f.tick(T0 + 2 * MS + DEFAULT_WINDOW_NS + MS)
+    assert [(k.victim_tid, k.group_kill_via) for k in f.kills] == [
+        (201, None),
+        (203, "pid_namespace_exit"),
+    ]
+    assert f(mark(T0 + 2 * MS + DEFAULT_WINDOW_NS + 2 * MS, TRIGGER, 203)) == []
+    assert f.corr.drain() == []
+    assert f.corr.stats.duplicates == 1
+
+
 def test_same_tid_signalled_again_outside_the_context_is_a_new_kill() -> None:
     f = feeder()
     f(signal(T0, TRIGGER, 201), mark(T0 + 10_000, TRIGGER, 201))
