@@ -25,7 +25,7 @@
 #define OOMTRACE_ARGV_LEN 256
 
 /* Record kinds: the first field of every record. */
-#define OOMTRACE_REC_SIGNAL 1       /* signal:signal_generate, traced signal set */
+#define OOMTRACE_REC_SIGNAL 1       /* signal:signal_generate: a traced signal, or a runtime's stop signal */
 #define OOMTRACE_REC_MARK_VICTIM 2  /* oom:mark_victim */
 #define OOMTRACE_REC_DELIVER 3      /* signal:signal_deliver, in the victim */
 #define OOMTRACE_REC_EXIT 4         /* sched:sched_process_exit, of a signalled process */
@@ -45,6 +45,20 @@
 #define OOMTRACE_INFO_NOINFO 1  /* SEND_SIG_NOINFO: si_code SI_USER, sent from inside the kernel */
 #define OOMTRACE_INFO_PRIV 2    /* SEND_SIG_PRIV: si_code SI_KERNEL */
 #define OOMTRACE_INFO_SIGINFO 3 /* a real siginfo: kill(2), tgkill(2), faults, ... */
+
+/* Values of a signal record's `role`: why the signal was recorded. */
+#define OOMTRACE_SIGNAL_TRACED 1 /* a traced signal (--signals): a kill of its own */
+#define OOMTRACE_SIGNAL_STOP 2   /* a container runtime's stop signal: evidence of a stop */
+
+/*
+ * The value of the traced_signals map (one entry), written by userspace: bit n
+ * of `traced` set means signal n is traced; bit n of `stop` means signal n,
+ * sent by a container runtime (OOMTRACE_STOP_SENDERS), is followed as a stop.
+ */
+struct oomtrace_signal_masks {
+	__u64 traced;
+	__u64 stop;
+};
 
 /* Values of mark_victim_layout. */
 #define OOMTRACE_MARK_VICTIM_PID_ONLY 0 /* before v6.9 (and its stable backports) */
@@ -117,8 +131,8 @@ struct oomtrace_signal_rec {
 	 * tracepoint with BTF offsets; zero otherwise, see target_flags). */
 	__u32 target_tgid;
 	__u32 target_uid;
-	__u32 info_kind;
-	__u32 pad0; /* OOMTRACE_INFO_*: how the kernel was handed the siginfo */
+	__u32 info_kind; /* OOMTRACE_INFO_*: how the kernel was handed the siginfo */
+	__u32 role;      /* OOMTRACE_SIGNAL_* */
 	__u64 target_start_ns;
 	__u64 target_cgroup_id;
 	__u64 target_memcg_id;

@@ -20,6 +20,15 @@
  *    signal_deliver out (OOMTRACE_NEEDS_DELIVER undefined): the one program
  *    that would otherwise run on every signal of the node. When it is
  *    needed, BTF offsets (k_sigaction's handler) allow its raw form.
+ *  - A container runtime stops a container with its stop signal (SIGTERM
+ *    unless the image names another), sent with kill(2) by the OCI runtime's
+ *    `kill` command (runc, crun, ...: the kubelet and containerd never signal
+ *    a container themselves), then SIGKILL after the stop's timeout. Such a
+ *    stop signal is recorded too (role OOMTRACE_SIGNAL_STOP) when the loader
+ *    defines OOMTRACE_FOLLOW_STOPS (task offsets: the target's tgid keys its
+ *    exit): only signals in the stop mask pay for the sender's comm, so every
+ *    other untraced signal costs what it did. Without it a stop is known only
+ *    by its SIGKILL.
  *  - sched:sched_process_exit fires in the exiting thread for every thread
  *    on the node, so it is filtered here to processes we saw signalled.
  *    `group_dead` exists on recent kernels; without it (loader leaves
@@ -31,9 +40,9 @@
  * attached (the plain signal_generate knows only the target thread).
  */
 
-/* Bit n set: signal n is traced. Written by userspace (--signals); ordinary
- * signal traffic is dropped by the first test below. */
-BPF_ARRAY(traced_signals, u64, 1);
+/* Written by userspace (--signals and the stop signals); ordinary signal
+ * traffic is dropped by the first test below. */
+BPF_ARRAY(traced_signals, struct oomtrace_signal_masks, 1);
 
 #define OOMTRACE_SIGKILL 9 /* the same number on every architecture */
 
@@ -56,10 +65,19 @@ BPF_TABLE("lru_hash", u32, struct oomtrace_pending, pending_signals, OOMTRACE_PE
 BPF_TABLE("lru_hash", u32, struct oomtrace_pending, dying, OOMTRACE_PENDING_MAX);
 
 /* Where a queued signal waits for the next record of its kill. */
-static __always_inline void oomtrace_signal_queued(int sig, const struct oomtrace_task_view *target,
+static __always_inline void oomtrace_signal_queued(int sig, u32 role, const struct oomtrace_task_view *target,
 						   const struct oomtrace_pending *p)
 {
 #ifdef OOMTRACE_HAVE_TASK_OFFSETS
+	if (role == OOMTRACE_SIGNAL_STOP) {
+		/* The process may exit on it (exit 143, or a clean shutdown): wait
+		 * for that exit. An entry already there is a SIGKILL's, which ends
+		 * the process whatever follows: insert() (BPF_NOEXIST) keeps it,
+		 * and a SIGKILL after this one replaces it below. */
+		u32 stopped = target->tgid;
+		dying.insert(&stopped, (struct oomtrace_pending *)p);
+		return;
+	}
 	if (sig == OOMTRACE_SIGKILL) {
 		/* Nothing can stop a queued SIGKILL: wait for the exit of the
 		 * target's process, whichever thread it was sent to. */
@@ -76,20 +94,60 @@ static __always_inline void oomtrace_signal_queued(int sig, const struct oomtrac
 #endif
 }
 
+#ifdef OOMTRACE_FOLLOW_STOPS
+/* Whether the current task is a container runtime that sends a container's
+ * signals. The loader defines OOMTRACE_STOP_SENDERS as a list of
+ * OOMTRACE_SENDER(lo, hi), each name's 16 NUL-padded comm bytes read as two
+ * u64: two compares a name, with no map lookup and no loop for the verifier. */
+static __always_inline bool oomtrace_stop_sender(void)
+{
+	u64 comm[2] = {};
+
+	bpf_get_current_comm(comm, sizeof(comm));
+#define OOMTRACE_SENDER(lo, hi)                        \
+	if (comm[0] == (lo##ULL) && comm[1] == (hi##ULL)) \
+		return true;
+	OOMTRACE_STOP_SENDERS
+#undef OOMTRACE_SENDER
+	return false;
+}
+#endif
+
+/* Why a signal is recorded (OOMTRACE_SIGNAL_*), or 0 for the untraced traffic. */
+static __always_inline u32 oomtrace_signal_role(int sig)
+{
+	u32 zero = 0;
+	struct oomtrace_signal_masks *masks;
+
+	if (sig <= 0 || sig >= 64)
+		return 0;
+	masks = traced_signals.lookup(&zero);
+	if (!masks)
+		return 0;
+	if (masks->traced & (1ULL << sig))
+		return OOMTRACE_SIGNAL_TRACED;
+#ifdef OOMTRACE_FOLLOW_STOPS
+	if ((masks->stop & (1ULL << sig)) && oomtrace_stop_sender())
+		return OOMTRACE_SIGNAL_STOP;
+#endif
+	return 0;
+}
+
+/* For signal_deliver, which never follows a stop: only the traced mask. */
 static __always_inline bool oomtrace_signal_traced(int sig)
 {
 	u32 zero = 0;
-	u64 *mask;
+	struct oomtrace_signal_masks *masks;
 
 	if (sig <= 0 || sig >= 64)
 		return false;
-	mask = traced_signals.lookup(&zero);
-	return mask && (*mask & (1ULL << sig));
+	masks = traced_signals.lookup(&zero);
+	return masks && (masks->traced & (1ULL << sig));
 }
 
 /* `target` holds at least tid and comm; with BTF, the whole task. */
-static __always_inline int oomtrace_signal_generated(int sig, int errno_value, int code, int group,
-						     int result, u32 info_kind,
+static __always_inline int oomtrace_signal_generated(int sig, u32 role, int errno_value, int code,
+						     int group, int result, u32 info_kind,
 						     const struct oomtrace_task_view *target)
 {
 	struct oomtrace_task_view sender = {};
@@ -105,7 +163,7 @@ static __always_inline int oomtrace_signal_generated(int sig, int errno_value, i
 		p.ktime_ns = now;
 		p.sender_tgid = sender.tgid;
 		p.sig = sig;
-		oomtrace_signal_queued(sig, target, &p);
+		oomtrace_signal_queued(sig, role, target, &p);
 	}
 
 	struct oomtrace_signal_rec *r = oomtrace_reserve(sizeof(*r), OOMTRACE_REC_SIGNAL);
@@ -123,7 +181,7 @@ static __always_inline int oomtrace_signal_generated(int sig, int errno_value, i
 	r->target_tgid = target->tgid;
 	r->target_uid = target->uid;
 	r->info_kind = info_kind;
-	r->pad0 = 0;
+	r->role = role;
 	r->target_start_ns = target->start_ns;
 	r->target_cgroup_id = target->cgroup_id;
 	r->target_memcg_id = target->memcg_id;
@@ -161,8 +219,9 @@ RAW_TRACEPOINT_PROBE(signal_generate)
 	const void *info = (const void *)ctx->args[1];
 	int errno_value = 0, code = 0;
 	u32 info_kind;
+	u32 role = oomtrace_signal_role(sig);
 
-	if (!oomtrace_signal_traced(sig))
+	if (!role)
 		return 0;
 	if (info == 0) {
 		info_kind = OOMTRACE_INFO_NOINFO;
@@ -177,22 +236,24 @@ RAW_TRACEPOINT_PROBE(signal_generate)
 	}
 	struct oomtrace_task_view target = {};
 	oomtrace_read_task((const void *)ctx->args[2], &target);
-	return oomtrace_signal_generated(sig, errno_value, code, (int)ctx->args[3], (int)ctx->args[4],
-					 info_kind, &target);
+	return oomtrace_signal_generated(sig, role, errno_value, code, (int)ctx->args[3],
+					 (int)ctx->args[4], info_kind, &target);
 }
 #else
 TRACEPOINT_PROBE(signal, signal_generate)
 {
 	int sig = args->sig;
+	/* No stop is followed here (OOMTRACE_FOLLOW_STOPS needs task offsets). */
+	u32 role = oomtrace_signal_role(sig);
 
-	if (!oomtrace_signal_traced(sig))
+	if (!role)
 		return 0;
 	struct oomtrace_task_view target = {};
 	target.tid = args->pid;
 	target.flags = OOMTRACE_TASK_NO_OFFSETS;
 	__builtin_memcpy(target.comm, args->comm, OOMTRACE_COMM_LEN);
-	return oomtrace_signal_generated(sig, args->errno, args->code, args->group, args->result,
-					 OOMTRACE_INFO_UNKNOWN, &target);
+	return oomtrace_signal_generated(sig, role, args->errno, args->code, args->group,
+					 args->result, OOMTRACE_INFO_UNKNOWN, &target);
 }
 #endif
 

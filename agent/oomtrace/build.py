@@ -22,8 +22,9 @@ from oomtrace.host.procfs import CLK_TCK, PAGE_SIZE, Parent, ProcSnapshot
 from oomtrace.kernel import features
 from oomtrace.kernel.features import KernelVocabulary
 from oomtrace.kernel.records import Argv, OomKillRecord, Task
+from oomtrace.runtimes import is_runtime
 from oomtrace.schema import SCHEMA, Event, utc_second
-from oomtrace.sigdefs import GENERATE_RESULTS, code_name, kernel_generated, signal_name
+from oomtrace.sigdefs import GENERATE_RESULTS, SIGKILL, code_name, kernel_generated, signal_name
 
 TOP_HOLDERS: Final = 5
 
@@ -128,8 +129,38 @@ class EventBuilder:
             )
             snap = seen.snapshot if seen else None
             event["sender"]["tty"] = kill.signal.sender_tty or (snap.tty if snap else None)
+            event["stop"] = self._stop(kill)
         event["enrichment"] = {"errors": errors}
         return event
+
+    def _stop(self, kill: Kill) -> Event | None:
+        """A container runtime's stop of the victim: its signals, oldest first, and
+        the grace from the first stop signal to the SIGKILL. `kind` and `pressure`
+        are the stop step's (stops.py), once it knows whether the pod went too."""
+        final = kill.signal
+        assert final is not None
+        if not kill.stop_signals and not is_runtime(final.sender.comm):
+            return None
+        records = [rec for rec, _ in kill.stop_signals]
+        if all(rec is not final for rec in records):
+            records.append(final)
+        grace = None
+        if kill.stop_signals and final.sig == SIGKILL:
+            grace = round((final.ktime_ns - records[0].ktime_ns) / 1e9, 3)
+        return {
+            "kind": None,
+            "grace_s": grace,
+            "signals": [
+                {
+                    "signal": signal_name(rec.sig),
+                    "number": rec.sig,
+                    "sender": {"pid": rec.sender.tgid, "comm": rec.sender.comm},
+                    "time": self.clock.rfc3339(rec.ktime_ns),
+                }
+                for rec in records
+            ],
+            "pressure": None,
+        }
 
     # -- roles -----------------------------------------------------------------
 
@@ -400,6 +431,7 @@ def facts(event: Event, *, info_kind: int | None, node_wide: bool) -> Facts:
     oom_part = event.get("oom") or {}
     stat = oom_part.get("memcg_stat") or {}
     exit_info = victim.get("exit") or {}
+    stop = event.get("stop") or {}
     return Facts(
         kind=event["type"],
         victim=_party(victim),
@@ -418,6 +450,10 @@ def facts(event: Event, *, info_kind: int | None, node_wide: bool) -> Facts:
         limit_bytes=stat.get("limit_bytes") or oom_part.get("limit_bytes"),
         memcg_stat=stat or None,
         victim_age_s=victim.get("age_s"),
+        stop_kind=stop.get("kind"),
+        stop_grace_s=stop.get("grace_s"),
+        stop_signal=(stop.get("signals") or [{}])[0].get("signal"),
+        stop_pressure=stop.get("pressure"),
     )
 
 

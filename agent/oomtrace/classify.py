@@ -4,8 +4,11 @@ Causes (docs/events.md lists them with their evidence):
   oom_kill              the kernel OOM killer; `oom.scope` says at which level
   cgroup_kill           someone wrote cgroup.kill (the kernel sent SIGKILL without a siginfo)
   userspace_oom_killer  systemd-oomd, earlyoom, oomd, ... or a configured name
+  eviction              a runtime stop of the whole pod while node memory was below a
+                        kubelet eviction threshold (stops.py says both)
   runtime_stop          runc, crun, conmon, a containerd or CRI-O shim: the kubelet
-                        stopping or evicting a container through the runtime
+                        stopping a container through the runtime (a deletion, a
+                        probe restart, ...)
   manual                the sender chain leads to an interactive session
   kernel                another kernel-generated signal (a fault: SIGSEGV, SIGBUS, ...)
   process               any other process, named in `sender`
@@ -20,14 +23,11 @@ from typing import Any, Final, NamedTuple
 from oomtrace.display import printable
 from oomtrace.host.kubepath import parse_kube_cgroup
 from oomtrace.kernel.records import INFO_NOINFO
+from oomtrace.runtimes import RUNTIMES, is_runtime
 from oomtrace.schema import Cause, container_label, duration, mib, pod_label
 
 USERSPACE_OOM_KILLERS: Final = frozenset(
     {"systemd-oomd", "earlyoom", "oomd", "nohang", "low-memory-mon", "lmkd"}
-)
-# comm is at most 15 characters: "containerd-shim-runc-v2" shows as "containerd-shim".
-RUNTIMES: Final = frozenset(
-    {"runc", "crun", "conmon", "containerd-shim", "containerd", "crio", "youki", "runsc", "kubelet"}
 )
 # A chain through one of these came from a person at a terminal or over ssh.
 INTERACTIVE: Final = frozenset({"sshd", "login", "tmux: server", "tmux", "screen", "SCREEN", "su"})
@@ -82,6 +82,13 @@ class Facts(NamedTuple):
     # How long the victim had lived at the kill: a leak kills late, a limit too
     # small for start-up (or a crash loop) at once.
     victim_age_s: float | None = None
+    # A runtime stop (the event's `stop`): "pod" or "container", the grace from
+    # the first stop signal to the SIGKILL, that signal's name, and the node's
+    # memory pressure then (stops.py's `stop.pressure`).
+    stop_kind: str | None = None
+    stop_grace_s: float | None = None
+    stop_signal: str | None = None
+    stop_pressure: Mapping[str, Any] | None = None
 
 
 class Verdict(NamedTuple):
@@ -95,7 +102,7 @@ def _chain(sender: Party) -> list[str]:
 
 
 def _runtime_name(comm: str, rules: Rules) -> bool:
-    return comm in rules.runtimes or comm.startswith(("runc:", "containerd-shim"))
+    return is_runtime(comm, rules.runtimes)
 
 
 def signal_cause(facts: Facts, rules: Rules) -> Cause:
@@ -112,6 +119,8 @@ def signal_cause(facts: Facts, rules: Rules) -> Cause:
     if comm in rules.userspace_oom_killers:
         return Cause.USERSPACE_OOM_KILLER
     if _runtime_name(comm, rules):
+        if facts.stop_kind == "pod" and facts.stop_pressure:
+            return Cause.EVICTION
         return Cause.RUNTIME_STOP
     if sender.tty or any(c in rules.interactive for c in _chain(sender)):
         return Cause.MANUAL
@@ -209,6 +218,7 @@ _CAUSE_WORDS: Final = {
     Cause.CGROUP_KILL: "by a write to cgroup.kill from {sender}",
     Cause.USERSPACE_OOM_KILLER: "by the userspace OOM killer {sender}",
     Cause.RUNTIME_STOP: "by the container runtime ({sender}): the kubelet stopping or evicting it",
+    Cause.EVICTION: "by the container runtime ({sender}): the kubelet evicting its pod",
     Cause.MANUAL: "by {sender} from an interactive session{tty}",
     Cause.KERNEL: "by the kernel ({code}), e.g. a fault in the process itself",
     Cause.PROCESS: "by {sender}",
@@ -255,6 +265,64 @@ def _signal_explanation(facts: Facts, cause: Cause) -> str:
     return f"{_place(facts.victim)} was sent {facts.signal}{code}{_age(facts)} {how}{lives}."
 
 
+# The kubelet gives a pod 1 s for a hard eviction; a stop's grace is measured
+# between two records, so a little more than that is still 1 s.
+HARD_EVICTION_GRACE_S: Final = (0.5, 2.5)
+
+
+def _threshold_words(threshold: Mapping[str, Any]) -> str:
+    kind = "evictionSoft" if threshold.get("kind") == "soft" else "evictionHard"
+    return f"{kind} {_name(threshold.get('signal'))}<{_name(threshold.get('quantity'))}"
+
+
+def _stop_how(facts: Facts, runtime: str) -> str:
+    """How the runtime stopped it: the grace it was given, or the stop signal it
+    exited on."""
+    if facts.signal != "SIGKILL":
+        return f"by {runtime} with {facts.signal}, on which it exited"
+    if facts.stop_grace_s is None:
+        return f"by {runtime} with SIGKILL at once"
+    first = facts.stop_signal or "its stop signal"
+    return f"by {runtime} with {duration(facts.stop_grace_s)} grace ({first}, then SIGKILL)"
+
+
+def _stop_explanation(facts: Facts, cause: Cause) -> str:
+    sender = facts.sender or Party(pid=None, comm=None)
+    runtime = _name(sender.comm)
+    how = _stop_how(facts, runtime)
+    code = f" (exit code {facts.exit_code})" if facts.exit_code is not None else ""
+    place = _place(facts.victim)
+    pressure = facts.stop_pressure or {}
+    threshold = pressure.get("threshold") or {}
+    signal = _name(threshold.get("signal") or "memory.available")
+    if cause is Cause.EVICTION:
+        before = pressure.get("seconds_before_stop") or 0
+        grace = facts.stop_grace_s
+        low, high = HARD_EVICTION_GRACE_S
+        odd_grace = grace is not None and not low <= grace <= high
+        odd_grace = odd_grace and threshold.get("kind") == "hard"
+        likely = " likely" if before > 0 or odd_grace else ""
+        when = "while" if before == 0 else f"{duration(before)} after"
+        return (
+            f"{place} was{likely} evicted by the kubelet{code}: its whole pod was stopped "
+            f"{how} {when} node {signal} was {mib(pressure.get('available_bytes'), 0)}, "
+            f"below {_threshold_words(threshold)}"
+        )
+    if not facts.victim.k8s:
+        return f"{place} was stopped{code} {how}: a container runtime stopping its container"
+    if facts.stop_kind == "pod":
+        return (
+            f"{place} was stopped{code} with its whole pod {how}: the pod was deleted, "
+            "preempted or scaled down, not evicted (no kubelet memory eviction threshold "
+            "was crossed)"
+        )
+    return (
+        f"{place} alone was stopped{code} {how}, and its pod lives on: likely the kubelet "
+        "restarting it after a failed liveness or startup probe, or a container kill "
+        "through the CRI"
+    )
+
+
 def classify(facts: Facts, rules: Rules) -> Verdict:
     """The cause of a kill, an OOM's scope, and the explanation in plain words.
     A new cause is a member of schema.Cause, decided in signal_cause() and worded
@@ -263,6 +331,8 @@ def classify(facts: Facts, rules: Rules) -> Verdict:
         scope = oom_scope(facts)
         return Verdict(Cause.OOM_KILL, _sentence(_oom_explanation(facts, scope)), scope)
     cause = signal_cause(facts, rules)
+    if facts.stop_kind is not None and cause in (Cause.EVICTION, Cause.RUNTIME_STOP):
+        return Verdict(cause, _sentence(_stop_explanation(facts, cause) + "."))
     return Verdict(cause, _sentence(_signal_explanation(facts, cause)))
 
 

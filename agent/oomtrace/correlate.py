@@ -25,6 +25,13 @@ counted as a duplicate, not reported as a kill of its own. When the init dies
 before the OOM killer's scan reaches a member (the scan skips a process whose
 memory is already gone), the init's SIGKILL is what took that member: it joins
 the OOM's context as a group kill via the namespace's exit.
+
+Stops. A container runtime's stop signal (SIGTERM, or the image's) is not a kill:
+it is kept, by the target's tgid, as the start of a stop. The runtime's SIGKILL
+after the stop's timeout then carries it as `stop_signals`; a process that exits
+on the stop signal itself (143, or a clean shutdown) becomes a kill of that
+signal, completed by its exit. A stop signal that nothing follows is forgotten
+after STOP_KEEP_NS, or when more stops than the kernel can follow are open.
 """
 
 from __future__ import annotations
@@ -52,6 +59,11 @@ DEFAULT_EXIT_WAIT_NS: Final = 5_000_000_000
 # Members of one memory.oom.group kill are marked microseconds apart; a victim
 # that exited before a mark at least this much later ended the earlier run.
 CLOSED_GAP_NS: Final = 2_000_000
+# A pod's grace period is 30 s unless set; a stop signal still unanswered after
+# an hour is a process that handled it and lived on.
+STOP_KEEP_NS: Final = 3_600_000_000_000
+
+StopSignals = list[tuple[SignalRecord, Evidence]]
 
 
 @dataclass(slots=True)
@@ -95,6 +107,11 @@ class Kill:
     # The OOM run a kernel SIGKILL was sent in, known when it was sent: its
     # trigger's run still had a living victim.
     run: OomContext | None = None
+    # A runtime's stop signals (SIGTERM, or the image's stop signal) to the victim
+    # before this kill, oldest first, each with what capture read when it came:
+    # the stop this kill ends. The kill itself may be the last of them, when the
+    # victim exited on it.
+    stop_signals: list[tuple[SignalRecord, Evidence]] = field(default_factory=list)
     deliver: DeliverRecord | None = None
     exit: ExitRecord | None = None
     # Cleared when no deliver or exit record will come: the signal was not
@@ -139,6 +156,8 @@ class Kill:
 
 @dataclass(slots=True)
 class CorrelatorStats:
+    # Stop signals forgotten: unanswered for STOP_KEEP_NS, or pushed out by newer stops.
+    stops_forgotten: int = 0
     duplicates: int = 0
     evicted: int = 0
     unmatched_deliver: int = 0
@@ -164,6 +183,10 @@ class Correlator:
     # Released victims by tid and tgid: a zombie still gets its namespace's
     # teardown SIGKILL after its exit record, and a dying init sends it after its own.
     _released: dict[int, Kill] = field(default_factory=dict)
+    # Open stops: a runtime's stop signals to a process (by tgid), oldest stop
+    # first, and the (generate ktime, sender tgid) key its exit record will carry.
+    _stops: dict[int, StopSignals] = field(default_factory=dict)
+    _stop_keys: dict[tuple[int, int], int] = field(default_factory=dict)
 
     def feed(self, record: Record, evidence: Evidence = NO_EVIDENCE) -> list[Kill]:
         """Takes one record and what capture read for it; returns the kills it
@@ -204,7 +227,19 @@ class Correlator:
         for tid, ctx in list(self._contexts.items()):
             if now_ns - ctx.last_ktime_ns > self.exit_wait_ns:
                 del self._contexts[tid]
+        while self._stops:
+            tgid, signals = next(iter(self._stops.items()))
+            if now_ns - signals[-1][0].ktime_ns <= STOP_KEEP_NS:
+                break
+            self._take_stop(tgid)
+            self.stats.stops_forgotten += 1
         return done
+
+    def stopping(self) -> list[Evidence]:
+        """What capture read for the first stop signal of each open stop: the
+        processes a runtime has asked to stop that have neither exited nor been
+        killed yet."""
+        return [signals[0][1] for signals in self._stops.values()]
 
     def drain(self) -> list[Kill]:
         """Releases everything still pending, for shutdown."""
@@ -234,7 +269,62 @@ class Correlator:
 
     # -- records ---------------------------------------------------------------
 
+    def _on_stop_signal(self, rec: SignalRecord, evidence: Evidence) -> list[Kill]:
+        if rec.target is None:
+            return []  # the kernel side follows stops only with the target's tgid
+        tgid = rec.target.tgid
+        pending = self._killed(tgid, rec.ktime_ns)
+        if pending is not None and pending.exit is None and id(pending) in self._pending:
+            # Already killed, not yet gone (a runtime repeats its stop): part of it.
+            pending.stop_signals.append((rec, evidence))
+            return []
+        signals = self._stops.pop(tgid, [])
+        signals.append((rec, evidence))
+        self._stops[tgid] = signals  # moved last: the newest stop
+        if rec.result == 0:
+            self._stop_keys[(rec.ktime_ns, rec.sender.tgid)] = tgid
+        while len(self._stops) > self.max_pending:
+            self._take_stop(next(iter(self._stops)))
+            self.stats.stops_forgotten += 1
+        return []
+
+    def _take_stop(self, tgid: int | None) -> StopSignals:
+        """The open stop of a process, which a kill or an exit now ends."""
+        if tgid is None:
+            return []
+        signals = self._stops.pop(tgid, [])
+        for rec, _ in signals:
+            self._stop_keys.pop((rec.ktime_ns, rec.sender.tgid), None)
+        return signals
+
+    def _stopped_exit(self, rec: ExitRecord, evidence: Evidence) -> list[Kill]:
+        """An exit that ends a stop with no SIGKILL: the process exited on the
+        stop signal the kernel keyed its exit to (the first of its stop)."""
+        key = (rec.kill_ktime_ns, rec.kill_sender_tgid)
+        signals = self._take_stop(self._stop_keys.get(key))
+        first = next(((r, e) for r, e in signals if (r.ktime_ns, r.sender.tgid) == key), None)
+        if first is None:
+            self.stats.unmatched_exit += 1
+            return []
+        signal, signal_evidence = first
+        return [
+            Kill(
+                kind="signal",
+                ktime_ns=signal.ktime_ns,
+                victim_tid=signal.target_tid,
+                victim_comm=signal.target_comm,
+                deadline_ns=rec.ktime_ns,
+                signal=signal,
+                stop_signals=signals,
+                exit=rec,
+                signal_evidence=signal_evidence,
+                exit_evidence=evidence,
+            )
+        ]
+
     def _on_signal(self, rec: SignalRecord, evidence: Evidence) -> list[Kill]:
+        if rec.stop:
+            return self._on_stop_signal(rec, evidence)
         ctx = self._live_context(rec.sender.tid, rec.ktime_ns)
         is_kernel_kill = rec.sig == SIGKILL and rec.code == SI_KERNEL
         if is_kernel_kill and ctx is not None and self._context_has_victim(ctx, rec.target_tid):
@@ -255,6 +345,7 @@ class Correlator:
             signal=rec,
             expects_exit=rec.result == 0,
             signal_evidence=evidence,
+            stop_signals=self._take_stop(rec.target.tgid if rec.target else None),
         )
         if not kill.expects_exit:
             kill.deadline_ns = rec.ktime_ns + self.window_ns
@@ -355,8 +446,7 @@ class Correlator:
     def _on_exit(self, rec: ExitRecord, evidence: Evidence) -> list[Kill]:
         kill = self._by_signal.pop((rec.kill_ktime_ns, rec.kill_sender_tgid), None)
         if kill is None:
-            self.stats.unmatched_exit += 1
-            return []
+            return self._stopped_exit(rec, evidence)
         kill.exit = rec
         kill.exit_evidence = evidence
         if kill.context is not None:

@@ -46,6 +46,14 @@ class Metrics:
             ["signal", "cause"],
             registry=r,
         )
+        self.stops = Counter(
+            "oomtrace_container_stops",
+            "Container processes stopped through the runtime, by pod and container: "
+            "cause eviction or runtime_stop, kind pod (evictions, deletions) or container "
+            "(restarts after a failed probe, CRI kills).",
+            ["namespace", "pod", "container", "cause", "kind"],
+            registry=r,
+        )
         self.lost = Counter(
             "oomtrace_events_lost",
             "Kernel records lost before they became events: the BPF ring buffer or the "
@@ -89,6 +97,17 @@ class Metrics:
             self.signals.labels(
                 signal=sig.get("name") or UNKNOWN, cause=event.get("cause") or UNKNOWN
             ).inc()
+            stop = event.get("stop")
+            if stop:
+                k8s = (event.get("victim") or {}).get("k8s") or {}
+                self.stops.labels(
+                    namespace=k8s.get("namespace") or "",
+                    pod=k8s.get("pod") or "",
+                    # The pause process has no container: it stands for the sandbox.
+                    container=k8s.get("container") or ("POD" if k8s.get("sandbox") else ""),
+                    cause=event.get("cause") or UNKNOWN,
+                    kind=stop.get("kind") or UNKNOWN,
+                ).inc()
         elif kind == "lost":
             lost = event.get("lost") or {}
             if lost.get("source") in RECORD_SOURCES:

@@ -1,12 +1,14 @@
 """The agent's event loop, one step after the other:
 
-    kernel -> decode -> capture -> correlate -> build -> filter -> enrich -> classify -> sinks
+    kernel -> decode -> capture -> correlate -> build -> filter -> enrich -> stops
+           -> classify -> sinks
 
 Each record is decoded (kernel/records.py), its evidence read from the host while
 it is fresh (capture.py), and joined with the others of its kill (correlate.py).
 A completed kill becomes an event (build.py), is kept or dropped by --pid and
---cgroup, gets its pods and containers (kubernetes.py) and its cause
-(classify.py), and goes to every sink (sinks/).
+--cgroup, gets its pods and containers (kubernetes.py), waits for the rest of its
+pod's stop if a runtime stopped it (stops.py), gets its cause (classify.py), and
+goes to every sink (sinks/).
 
 Two threads. The reader only polls the ring buffer and enqueues raw records, so
 nothing slow ever stands between the kernel and its buffer. The pipeline thread
@@ -42,6 +44,7 @@ from oomtrace.kernel.records import KIND_NAMES, DecodeError, RecordDecoder
 from oomtrace.kubernetes import KubernetesEnricher
 from oomtrace.schema import Cause, Event
 from oomtrace.sinks import Accounted, Sink
+from oomtrace.stops import StopStep, busy_pods
 
 # While kills wait for their exit or window, deadlines are checked this often;
 # with none pending the loop only wakes for records and the periodic checks,
@@ -123,6 +126,7 @@ class Agent:
         self.clock = Clock()
         self.builder = EventBuilder(self.clock, probes.plan.tier, vocabulary=vocabulary)
         self.kubernetes = KubernetesEnricher(k8s)
+        self.stops: StopStep[Kill] = StopStep()
         self.rules = rules_of(settings)
         self.filter = EventFilter(settings.pids, settings.cgroups)
         self.decoder = RecordDecoder()
@@ -191,8 +195,11 @@ class Agent:
         next_resync = time.monotonic() + CLOCK_RESYNC_S
         next_stats = time.monotonic() + self.settings.stats_interval
         while not self.stop_event.is_set():
-            self._process_queue(timeout=IDLE_TICK_S if self.correlator.idle() else TICK_S)
+            idle = self.correlator.idle() and not self.stops.holding()
+            self._process_queue(timeout=IDLE_TICK_S if idle else TICK_S)
             self._emit_kills(self.correlator.tick(time.monotonic_ns()))
+            if self.stops.holding():
+                self._emit_ready(self.stops.tick(time.monotonic_ns(), self._busy_pods()))
             now = time.monotonic()
             if now >= next_lost:
                 self._check_lost()
@@ -218,6 +225,7 @@ class Agent:
         self._reader.join(timeout=2 * POLL_MS / 1000 + 1)
         self._process_queue(timeout=0)
         self._emit_kills(self.correlator.drain())
+        self._emit_ready(self.stops.drain())
         self._check_lost()
         self._log_stats("stopped")
         for sink in self.sinks:
@@ -262,19 +270,37 @@ class Agent:
                 self.log.exception("pipeline_error", record=type(record).__name__)
 
     def _emit_kills(self, kills: list[Kill]) -> None:
+        now = time.monotonic_ns()
         for kill in kills:
-            event = self.event_of(kill)
+            event = self._enriched(kill)
             if event is not None:
-                self._emit(event)
+                busy = self._busy_pods() if event.get("stop") else set()
+                self._emit_ready(self.stops.offer(event, kill, now, busy))
 
-    def event_of(self, kill: Kill) -> Event | None:
-        """build -> filter -> enrich -> classify; None when --pid/--cgroup leave it out."""
+    def _emit_ready(self, ready: list[tuple[Event, Kill]]) -> None:
+        for event, kill in ready:
+            self._emit(self._classified(event, kill))
+
+    def _busy_pods(self) -> set[str]:
+        return busy_pods(self.correlator.stopping())
+
+    def _enriched(self, kill: Kill) -> Event | None:
+        """build -> filter -> enrich; None when --pid/--cgroup leave it out."""
         event = self.builder.kill(kill)
         if self.filter and not self.filter.matches(event):
             self.counters.filtered += 1
             return None
         self.kubernetes.enrich(event)
+        return event
+
+    def _classified(self, event: Event, kill: Kill) -> Event:
         return with_verdict(event, classify(kill_facts(event, kill), self.rules))
+
+    def event_of(self, kill: Kill) -> Event | None:
+        """One kill's event, through every step but the stop step's wait (a stop's
+        `stop.kind` stays null): the hot path the benchmarks and tests measure."""
+        event = self._enriched(kill)
+        return None if event is None else self._classified(event, kill)
 
     def _emit(self, event: Event) -> None:
         self.counters.events += 1
@@ -336,6 +362,7 @@ class Agent:
             # Signals folded into a kill already reported (the OOM killer's own
             # resend, a dying pid namespace's SIGKILL to a member already exiting).
             duplicates=s.duplicates,
+            stops_forgotten=s.stops_forgotten,
             unmatched_deliver=s.unmatched_deliver,
             unmatched_exit=s.unmatched_exit,
             commands_full=self._commands_full_seen if self.commands else None,

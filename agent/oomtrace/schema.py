@@ -33,6 +33,7 @@ class Cause(StrEnum):
     OOM_KILL = "oom_kill"
     CGROUP_KILL = "cgroup_kill"
     USERSPACE_OOM_KILLER = "userspace_oom_killer"
+    EVICTION = "eviction"
     RUNTIME_STOP = "runtime_stop"
     MANUAL = "manual"
     KERNEL = "kernel"

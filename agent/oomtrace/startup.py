@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from oomtrace import log, privileges
+from oomtrace import log, privileges, runtimes
 from oomtrace.config import ConfigError, Settings
 from oomtrace.cri.resolver import CriResolver
 from oomtrace.host import mountinfo
@@ -92,6 +92,8 @@ def _plan(settings: Settings) -> tuple[features.KernelFeatures, Plan]:
             tier=settings.tier,
             ringbuf_pages=settings.ringbuf_pages,
             signals=settings.signals,
+            stop_signals=runtimes.STOP_SIGNALS,
+            stop_senders=runtimes.SIGNALLING_RUNTIMES,
         )
     except (LoadError, ValueError) as exc:
         fail(str(exc))

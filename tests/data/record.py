@@ -49,6 +49,14 @@ Scenarios, each in its own cgroup or with its own processes:
                     and a growing allocator. The allocator triggers the OOM, the
                     preferred holder is the chosen victim, and the kernel kills
                     every member, the allocator included
+  runtime_stop      a container runtime's stop, as runc makes it: kill(1) run under
+                    the name `runc` (the OCI runtime's kill command calls kill(2)
+                    from a process of that name) sends SIGQUIT, an image's stop
+                    signal, to a sleep, which ends on it, and to a shell that
+                    ignores it, then SIGKILL to the shell 1 s later. Added to an
+                    existing file with --append:
+
+      sudo .venv/bin/python tests/data/record.py --scenarios runtime_stop --append
   global_oom        a node-wide OOM: a hog in a cgroup without a limit grows
                     until the kernel kills it. Only with --allow-node-oom, on a
                     machine that may lose any process to it (the recorder itself
@@ -127,6 +135,7 @@ def _unkillable() -> Iterator[None]:
 
 class Recorder:
     def __init__(self, tier: str) -> None:
+        from oomtrace import runtimes
         from oomtrace.kernel import features, probes
 
         tracefs = features.find_tracefs(mount=True)
@@ -134,6 +143,8 @@ class Recorder:
             features.probe_kernel(tracefs),
             tier=tier,
             signals=frozenset({signal.SIGKILL, signal.SIGTERM}),
+            stop_signals=runtimes.STOP_SIGNALS,
+            stop_senders=runtimes.SIGNALLING_RUNTIMES,
         )
         self.probes = probes.Probes(plan)
         print(f"tier {plan.tier}: {', '.join(plan.hooks)}", file=sys.stderr)
@@ -254,11 +265,31 @@ def _kill_sleep(sig: str, expected: int) -> Scenario:
     return scenario
 
 
+def runtime_stop(pids: set[int], _cgroups: set[str]) -> None:
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runc = Path(tmp) / "runc"
+        shutil.copy(shutil.which("kill") or "/bin/kill", runc)
+        ends = subprocess.Popen(["sleep", "300"])
+        ignores = subprocess.Popen(["sh", "-c", "trap '' QUIT; sleep 300 & wait"])
+        pids.update({ends.pid, ignores.pid})
+        time.sleep(0.2)
+        subprocess.run([str(runc), "-QUIT", str(ends.pid), str(ignores.pid)], check=True)
+        assert ends.wait(timeout=10) == -signal.SIGQUIT
+        time.sleep(1)
+        assert ignores.poll() is None
+        subprocess.run([str(runc), "-KILL", str(ignores.pid)], check=True)
+        assert ignores.wait(timeout=10) == -signal.SIGKILL
+
+
 SCENARIOS: dict[str, Scenario] = {
     "oom_hog": oom_hog,
     "holder_allocator": holder_allocator,
     "sigkill": _kill_sleep("KILL", signal.SIGKILL),
     "sigterm": _kill_sleep("TERM", signal.SIGTERM),
+    "runtime_stop": runtime_stop,
     "group_kill": group_kill,
     "global_oom": global_oom,
 }
@@ -292,6 +323,9 @@ def main() -> None:
         action="store_true",
         help="required for global_oom, which may kill any process on the machine",
     )
+    parser.add_argument(
+        "--append", action="store_true", help="add to OUT instead of replacing it"
+    )
     args = parser.parse_args()
     node_wide = NODE_WIDE.intersection(args.scenarios)
     if node_wide and not args.allow_node_oom:
@@ -309,7 +343,10 @@ def main() -> None:
     recorder.probes.close()
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    if args.append and out.exists():
+        text = out.read_text() + text
+    out.write_text(text)
     print(f"wrote {len(lines)} records to {out}", file=sys.stderr)
 
 

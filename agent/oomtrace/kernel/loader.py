@@ -152,8 +152,9 @@ class Compiled:
                 fds.append(fd)
         return fds, names
 
-    def set_mask(self, mask: int) -> None:
-        self.bpf["traced_signals"][ctypes.c_int(0)] = ctypes.c_uint64(mask)
+    def set_masks(self, traced: int, stop: int) -> None:
+        table = self.bpf["traced_signals"]
+        table[ctypes.c_int(0)] = table.Leaf(traced, stop)
 
     def commands_fds(self) -> tuple[int, int] | None:
         """The commands map and its full counter, when the program is loaded."""
@@ -519,8 +520,9 @@ class Handed:
             raise HandoverError(f"the handed-over maps cannot be used: {exc}") from exc
         self._callback: RawCallback | None = None
 
-    def set_mask(self, mask: int) -> None:
-        self._signals.update(0, struct.pack("<Q", mask))
+    def set_masks(self, traced: int, stop: int) -> None:
+        # struct oomtrace_signal_masks (records.RawSignalMasks)
+        self._signals.update(0, struct.pack("=QQ", traced, stop))
 
     def commands_fds(self) -> tuple[int, int] | None:
         """The commands map and its full counter, when the program is loaded."""

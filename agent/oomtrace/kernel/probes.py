@@ -9,6 +9,7 @@ record kinds it writes (oomtrace.kernel.records.RECORD_KINDS).
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
@@ -82,6 +83,9 @@ class Plan:
     programs: list[Program]
     defines: dict[str, str]
     signals: frozenset[int] = frozenset({SIGKILL})
+    # Followed from a container runtime as the start of a stop; empty when the
+    # kernel side cannot (no task offsets).
+    stop_signals: frozenset[int] = frozenset()
     missing: dict[str, str] = field(default_factory=dict)
     kernel_source: Path | None = None  # BCC_KERNEL_SOURCE, when the kernel has no headers
     kprobe_symbol: str | None = None
@@ -101,10 +105,13 @@ def plan(
     tier: str = "auto",
     ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
     signals: frozenset[int] = frozenset({SIGKILL}),
+    stop_signals: frozenset[int] = frozenset(),
+    stop_senders: tuple[str, ...] = (),
 ) -> Plan:
     """What to load. tier "kprobe" fails when the kprobe cannot be had; "auto" falls
     back to the tracepoint tier and says why. ``signals`` are the traced signal
-    numbers; they decide whether signal_deliver is needed."""
+    numbers; they decide whether signal_deliver is needed. ``stop_signals`` sent
+    by a process named in ``stop_senders`` (comms) are followed as stops."""
     if ringbuf_pages <= 0 or ringbuf_pages & (ringbuf_pages - 1):
         raise ValueError(f"ring buffer pages must be a power of two, not {ringbuf_pages}")
     defines = {
@@ -126,6 +133,14 @@ def plan(
     if features.tracepoint_has_field("sched:sched_process_exit", "group_dead"):
         defines["OOMTRACE_EXIT_HAS_GROUP_DEAD"] = "1"
 
+    stop_signals = _plan_stops(
+        features,
+        signals=signals,
+        stop_signals=stop_signals,
+        senders=stop_senders,
+        defines=defines,
+        missing=missing,
+    )
     needs_deliver = _needs_deliver(features, signals)
     candidates: tuple[Program, ...] = PROGRAMS
     if needs_deliver:
@@ -168,6 +183,7 @@ def plan(
         programs=programs,
         defines=defines,
         signals=signals,
+        stop_signals=stop_signals,
         missing=missing,
         kernel_source=None if features.headers else bpf_dir() / "include",
         kprobe_symbol=kprobe_symbol,
@@ -181,6 +197,43 @@ def _needs_deliver(features: KernelFeatures, signals: frozenset[int]) -> bool:
     cannot read the target's tgid (no task offsets), or when a signal other
     than SIGKILL is traced (a handler may catch it; only delivery tells)."""
     return features.offsets is None or signals != {SIGKILL}
+
+
+def _plan_stops(
+    features: KernelFeatures,
+    *,
+    signals: frozenset[int],
+    stop_signals: frozenset[int],
+    senders: tuple[str, ...],
+    defines: dict[str, str],
+    missing: dict[str, str],
+) -> frozenset[int]:
+    """The stop signals the kernel follows from a container runtime: a stop waits
+    for its target's exit by tgid, which only the raw tracepoint with task
+    offsets knows. A signal traced anyway is a kill of its own, not a stop."""
+    if not (stop_signals - signals) or not senders:
+        return frozenset()
+    if features.offsets is None:
+        missing["stop signals"] = (
+            "no BTF offsets to key a stopped process's exit; "
+            "a runtime stop is known from its SIGKILL alone"
+        )
+        return frozenset()
+    defines["OOMTRACE_FOLLOW_STOPS"] = "1"
+    defines["OOMTRACE_STOP_SENDERS"] = " ".join(
+        "OOMTRACE_SENDER({:#x}, {:#x})".format(*comm_words(name)) for name in senders
+    )
+    return stop_signals - signals
+
+
+def comm_words(name: str) -> tuple[int, int]:
+    """A comm as the kernel holds it (16 bytes, NUL-padded) read as two
+    native-endian u64, the way the BPF side compares a sender's comm."""
+    raw = name.encode()
+    if not raw or len(raw) > 15:
+        raise ValueError(f"comm {name!r} is not 1 to 15 bytes")
+    lo, hi = struct.unpack("=QQ", raw.ljust(16, b"\0"))
+    return int(lo), int(hi)
 
 
 def _plan_commands(
@@ -255,7 +308,7 @@ class Probes:
         self.compiler_output = self.backend.compiler_output
         if self.backend.kprobe_error is not None:
             self._kprobe_failed(p, self.backend.kprobe_error)
-        self.backend.set_mask(signal_mask(p.signals))
+        self.backend.set_masks(signal_mask(p.signals), signal_mask(p.stop_signals))
 
     def _kprobe_failed(self, p: Plan, error: str) -> None:
         if p.requested_tier == "kprobe":

@@ -51,6 +51,9 @@ INFO_NOINFO: Final = 1
 INFO_PRIV: Final = 2
 INFO_SIGINFO: Final = 3
 
+SIGNAL_TRACED: Final = 1
+SIGNAL_STOP: Final = 2
+
 MARK_VICTIM_PID_ONLY: Final = 0
 MARK_VICTIM_FULL: Final = 1
 
@@ -100,6 +103,12 @@ class RawArgv(ctypes.Structure):
     _fields_ = [("size", _u32), ("source", _u32), ("args", ctypes.c_ubyte * ARGV_LEN)]
 
 
+class RawSignalMasks(ctypes.Structure):
+    """The traced_signals map's value: traced signals, and stop signals to follow."""
+
+    _fields_ = [("traced", _u64), ("stop", _u64)]
+
+
 class RawSignal(ctypes.Structure):
     _fields_ = [
         *_HEADER,
@@ -114,7 +123,7 @@ class RawSignal(ctypes.Structure):
         ("target_tgid", _u32),
         ("target_uid", _u32),
         ("info_kind", _u32),
-        ("pad0", _u32),
+        ("role", _u32),
         ("target_start_ns", _u64),
         ("target_cgroup_id", _u64),
         ("target_memcg_id", _u64),
@@ -330,6 +339,9 @@ class SignalRecord:
     # Kept from exec in the kernel, copied into the record at the kill.
     target_argv: Argv | None = None
     sender_argv: Argv | None = None
+    # A container runtime's stop signal (SIGTERM, ...), recorded as evidence of
+    # a stop rather than as a kill of its own (SIGNAL_STOP).
+    stop: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +452,7 @@ def _signal(r: RawSignal) -> SignalRecord:
         sender_tty=_tty(_text(r.sender_tty)),
         target_argv=_argv_of(r, "target"),
         sender_argv=_argv_of(r, "sender"),
+        stop=r.role == SIGNAL_STOP,
     )
 
 
@@ -650,7 +663,10 @@ MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
     kind.c_struct: kind.mirror for kind in RECORD_KINDS
 }
 # Structs the agent writes into maps, checked the same way.
-MAP_MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {"oomtrace_argv": RawArgv}
+MAP_MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
+    "oomtrace_argv": RawArgv,
+    "oomtrace_signal_masks": RawSignalMasks,
+}
 # (mirror, builder) by code, the shape bench/hotpath.py's struct-based decoder reads.
 _DECODERS: Final[dict[int, tuple[type[ctypes.Structure], Callable[[Any], Record]]]] = {
     kind.code: (kind.mirror, kind.decode) for kind in RECORD_KINDS
