@@ -112,6 +112,18 @@ def _signal_lines(event: Event) -> list[str]:
     ]
     if chain:
         lines.append(f"           parents {chain}")
+    stop = event.get("stop")
+    if stop:
+        steps = ", ".join(
+            f"{s.get('signal')} from {(s.get('sender') or {}).get('comm')}"
+            f"({(s.get('sender') or {}).get('pid')})"
+            for s in stop.get("signals") or []
+        )
+        grace = stop.get("grace_s")
+        lines.append(
+            f"  stop     {stop.get('kind') or '?'}: {steps}"
+            + (f"; SIGKILL after {duration(grace)}" if grace is not None else "")
+        )
     return lines
 
 

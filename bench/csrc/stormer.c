@@ -3,10 +3,10 @@
  * Load generator for oomtrace's benchmarks, in C so that the loops measure the
  * kernel's signal path and fork/exit, not an interpreter.
  *
- *   stormer sigloop N
- *       N kill(2) of SIGUSR1 to itself, with a handler installed: every call
- *       goes through signal_generate, signal_deliver and the handler. Prints
- *       {"calls":N,"elapsed_ns":...,"handled":...}.
+ *   stormer sigloop N [SIG]
+ *       N kill(2) of SIG (default SIGUSR1) to itself, with a handler installed:
+ *       every call goes through signal_generate, signal_deliver and the
+ *       handler. Prints {"calls":N,"elapsed_ns":...,"handled":...}.
  *
  *   stormer storm N RATE WAVE OUT
  *       N children SIGKILLed, each child blocked in pause(). RATE 0: a burst,
@@ -35,7 +35,7 @@
 
 static volatile sig_atomic_t handled;
 
-static void on_usr1(int sig)
+static void on_signal(int sig)
 {
 	(void)sig;
 	handled++;
@@ -48,20 +48,20 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static int sigloop(long n)
+static int sigloop(long n, int sig)
 {
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_usr1;
+	sa.sa_handler = on_signal;
 	sigemptyset(&sa.sa_mask);
-	if (sigaction(SIGUSR1, &sa, NULL) != 0) {
+	if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, &sa, NULL) != 0) {
 		perror("sigaction");
 		return 1;
 	}
 	pid_t self = getpid();
 	uint64_t start = now_ns();
 	for (long i = 0; i < n; i++)
-		kill(self, SIGUSR1);
+		kill(self, sig);
 	uint64_t elapsed = now_ns() - start;
 	printf("{\"calls\":%ld,\"elapsed_ns\":%llu,\"handled\":%ld}\n", n,
 	       (unsigned long long)elapsed, (long)handled);
@@ -232,12 +232,12 @@ static int oomstorm(const char *list, const char *out)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (argc == 3 && strcmp(argv[1], "sigloop") == 0)
-		return sigloop(atol(argv[2]));
+	if ((argc == 3 || argc == 4) && strcmp(argv[1], "sigloop") == 0)
+		return sigloop(atol(argv[2]), argc == 4 ? atoi(argv[3]) : SIGUSR1);
 	if (argc == 6 && strcmp(argv[1], "storm") == 0)
 		return storm(atol(argv[2]), atof(argv[3]), atol(argv[4]) > 0 ? atol(argv[4]) : 1, argv[5]);
 	if (argc == 4 && strcmp(argv[1], "oomstorm") == 0)
 		return oomstorm(argv[2], argv[3]);
-	fprintf(stderr, "usage: stormer sigloop N | storm N RATE WAVE OUT | oomstorm LIST OUT\n");
+	fprintf(stderr, "usage: stormer sigloop N [SIG] | storm N RATE WAVE OUT | oomstorm LIST OUT\n");
 	return 2;
 }

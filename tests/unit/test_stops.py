@@ -342,3 +342,15 @@ def test_stop_events_keep_their_fields_through_a_copy() -> None:
     step.offer(web, 1, 0, set())
     step.tick(SETTLE_NS, set())
     assert twin["stop"]["kind"] is None
+
+
+def test_the_text_view_shows_the_stop() -> None:
+    from oomtrace.text import render
+
+    event = stop_event(kube("web", WEB_ID), grace_s=1.0)
+    event["stop"]["kind"] = "pod"
+    event["time"] = "2026-12-05T06:00:00.000000000Z"
+    assert (
+        "  stop     pod: SIGTERM from runc(900), SIGKILL from runc(901); SIGKILL after 1.0 s"
+        in (render(event))
+    )
