@@ -354,3 +354,28 @@ def test_the_text_view_shows_the_stop() -> None:
         "  stop     pod: SIGTERM from runc(900), SIGKILL from runc(901); SIGKILL after 1.0 s"
         in (render(event))
     )
+
+
+def test_metrics_count_stops_by_pod_container_cause_and_kind() -> None:
+    from prometheus_client import generate_latest
+
+    from oomtrace.metrics import Metrics
+
+    metrics = Metrics(lambda: {})
+    evicted = verdict(stop_event(kube("web", WEB_ID)))
+    evicted["stop"] |= {"kind": "container"}
+    verdict(evicted)
+    sandbox = stop_event(kube(None, SANDBOX_ID, sandbox=True), grace_s=None)
+    sandbox["stop"]["kind"] = "pod"
+    verdict(sandbox)
+    for event in (evicted, evicted, sandbox):
+        metrics.emit(event)
+    text = generate_latest(metrics.registry).decode()
+    assert (
+        'oomtrace_container_stops_total{cause="runtime_stop",container="web",kind="container",'
+        'namespace="shop",pod="web-7d9"} 2.0'
+    ) in text
+    assert (
+        'oomtrace_container_stops_total{cause="runtime_stop",container="POD",kind="pod",'
+        'namespace="shop",pod="web-7d9"} 1.0'
+    ) in text
