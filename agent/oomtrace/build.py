@@ -14,7 +14,7 @@ import socket
 import time
 from typing import Final
 
-from oomtrace import oom
+from oomtrace import nodefacts, oom
 from oomtrace.capture import Evidence, Seen
 from oomtrace.classify import Facts, Party, Verdict
 from oomtrace.correlate import Kill
@@ -130,6 +130,7 @@ class EventBuilder:
             snap = seen.snapshot if seen else None
             event["sender"]["tty"] = kill.signal.sender_tty or (snap.tty if snap else None)
             event["stop"] = self._stop(kill)
+        event["node"]["memory"] = nodefacts.render(_node_evidence(kill).node_memory)
         event["enrichment"] = {"errors": errors}
         return event
 
@@ -491,3 +492,14 @@ def with_verdict(event: Event, verdict: Verdict) -> Event:
 
 def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) else None
+
+
+def _node_evidence(kill: Kill) -> Evidence:
+    """The evidence read at the moment the node's memory matters: a stop's first
+    signal, else the kill's own signal or mark, else its OOM's first record."""
+    if kill.stop_signals:
+        return kill.stop_signals[0][1]
+    for evidence in (kill.signal_evidence, kill.mark_evidence):
+        if evidence.node_memory is not None:
+            return evidence
+    return kill.context.evidence if kill.context is not None else kill.signal_evidence

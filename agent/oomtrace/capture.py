@@ -34,6 +34,8 @@ from oomtrace.kernel.records import (
     SignalRecord,
     Task,
 )
+from oomtrace.nodefacts import NodeFacts, NodeWatch
+from oomtrace.runtimes import is_runtime
 
 ProcessKey = tuple[int, int]  # (tgid, start time in /proc ticks)
 
@@ -107,6 +109,9 @@ class Evidence(NamedTuple):
     holders: tuple[Holder, ...] = ()
     # RAM + swap in pages, what a global OOM weighs oom_score_adj against.
     node_pages: int | None = None
+    # The node's memory as the kubelet sees it, with its eviction thresholds: read
+    # for an OOM and for a container runtime's signal (a stop, maybe an eviction).
+    node_memory: NodeFacts | None = None
 
 
 NO_EVIDENCE: Final = Evidence()
@@ -120,9 +125,11 @@ class Capture:
         max_snapshots: int = MAX_SNAPSHOTS,
         top_n: int = 5,
         on_new_container: Callable[[], None] | None = None,
+        node: NodeWatch | None = None,
     ) -> None:
         self.paths = paths
         self.on_new_container = on_new_container
+        self.node = node
         self._max = max_snapshots
         self._snapshots: OrderedDict[ProcessKey, procfs.ProcSnapshot] = OrderedDict()
         self._by_tid: OrderedDict[int, ProcessKey] = OrderedDict()
@@ -138,7 +145,12 @@ class Capture:
                 target = self._seen(record.target, with_parents=False)
             else:
                 target = self._seen_thread(record.target_tid)
-            return Evidence(sender=self._seen(record.sender, with_parents=True), target=target)
+            return Evidence(
+                sender=self._seen(record.sender, with_parents=True),
+                target=target,
+                # Only a runtime's signals: a storm of kills from a script reads nothing more.
+                node_memory=self._node(record.ktime_ns) if is_runtime(record.sender.comm) else None,
+            )
         if isinstance(record, MarkVictimRecord):
             return self._oom(record.ktime_ns, record.trigger, record.victim_tid, record, None)
         if isinstance(record, OomKillRecord):
@@ -174,7 +186,11 @@ class Capture:
             # Badness weighs oom_score_adj against RAM + swap only when no memcg
             # limit is known: a memcg OOM (every member of a group kill) reads nothing.
             node_pages=meminfo.node_pages() if mem is None or mem.oom_memcg is None else None,
+            node_memory=self._node(ktime_ns),
         )
+
+    def _node(self, ktime_ns: int) -> NodeFacts | None:
+        return self.node.read(ktime_ns) if self.node is not None else None
 
     # -- processes -------------------------------------------------------------
 

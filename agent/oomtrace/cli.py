@@ -234,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: containerd's or CRI-O's, whichever answers; 'none' to turn names off; "
         "pod UID and container ID still come from cgroup paths)",
     )
+    kube.add_argument(
+        "--kubelet-config",
+        type=_flag(configfile.file_path),
+        metavar="PATH",
+        help="the kubelet's KubeletConfiguration file, whose memory eviction thresholds "
+        "(evictionHard, evictionSoft) node.memory is held against to tell an eviction from "
+        "another stop (default /var/lib/kubelet/config.yaml; read again when it changes; "
+        "missing or unreadable: no thresholds, with a warning)",
+    )
 
     tuning = parser.add_argument_group("kernel and tuning")
     tuning.add_argument(

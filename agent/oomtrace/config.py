@@ -27,6 +27,8 @@ CAUSES: Final = tuple(cause.value for cause in Cause)
 # Where the metrics endpoint listens when only a port is given: never the
 # network unless asked, since events name pods and command lines.
 METRICS_DEFAULT_HOST: Final = "127.0.0.1"
+# Where kubeadm and most installers have the kubelet read its configuration.
+DEFAULT_KUBELET_CONFIG: Final = Path("/var/lib/kubelet/config.yaml")
 
 
 class ConfigError(ValueError):
@@ -98,6 +100,8 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     cri_endpoint: str | None = None
+    # The kubelet's KubeletConfiguration file, for its memory eviction thresholds.
+    kubelet_config: Path = DEFAULT_KUBELET_CONFIG
     # The [causes] table: (sender comm, Cause value) pairs, sorted by comm.
     causes: tuple[tuple[str, str], ...] = ()
     config_file: Path | None = None

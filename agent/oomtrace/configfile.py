@@ -80,6 +80,15 @@ def _optional_string(value: object) -> str | None:
     return _string(value) or None
 
 
+def file_path(value: object) -> Path:
+    text = _string(value)
+    if not text:
+        raise ValueError("must be a file's path, not empty")
+    if "\0" in text:
+        raise ValueError("must be a file's path, without NUL")
+    return Path(text)
+
+
 def _boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, not {_type_name(value)}")
@@ -221,6 +230,7 @@ KEYS: Final[dict[str, Key]] = {
         Key("log_level", "log_level", _string, str.strip, live=False),
         Key("log_format", "log_format", _string, str.strip, live=False),
         Key("cri_endpoint", "cri_endpoint", _optional_string, _optional_string, live=False),
+        Key("kubelet_config", "kubelet_config", file_path, file_path, live=False),
         Key("causes", "causes", _causes, _env_causes, live=True, show=_show_causes),
     )
 }

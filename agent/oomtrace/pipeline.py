@@ -31,7 +31,7 @@ from oomtrace import log
 from oomtrace.build import Clock, EventBuilder, kill_facts, with_verdict
 from oomtrace.capture import Capture
 from oomtrace.classify import Rules, classify
-from oomtrace.config import Settings
+from oomtrace.config import DEFAULT_KUBELET_CONFIG, Settings
 from oomtrace.correlate import Correlator, Kill
 from oomtrace.cri.resolver import CriResolver
 from oomtrace.exits import ExitWatcher, ProcExit
@@ -42,6 +42,7 @@ from oomtrace.kernel.features import KernelVocabulary
 from oomtrace.kernel.probes import Probes
 from oomtrace.kernel.records import KIND_NAMES, DecodeError, RecordDecoder
 from oomtrace.kubernetes import KubernetesEnricher
+from oomtrace.nodefacts import NodeWatch
 from oomtrace.schema import Cause, Event
 from oomtrace.sinks import Accounted, Sink
 from oomtrace.stops import StopStep, busy_pods
@@ -121,7 +122,14 @@ class Agent:
         self.log = log.get()
         self.paths = paths or CgroupPaths()
         self.k8s = k8s
-        self.capture = Capture(self.paths, on_new_container=k8s.nudge if k8s else None)
+        self.capture = Capture(
+            self.paths,
+            on_new_container=k8s.nudge if k8s else None,
+            node=NodeWatch(
+                settings.kubelet_config,
+                explicit=settings.kubelet_config != DEFAULT_KUBELET_CONFIG,
+            ),
+        )
         self.correlator = Correlator(exit_wait_ns=int(settings.exit_wait * 1e9))
         self.clock = Clock()
         self.builder = EventBuilder(self.clock, probes.plan.tier, vocabulary=vocabulary)

@@ -323,9 +323,7 @@ def main() -> None:
         action="store_true",
         help="required for global_oom, which may kill any process on the machine",
     )
-    parser.add_argument(
-        "--append", action="store_true", help="add to OUT instead of replacing it"
-    )
+    parser.add_argument("--append", action="store_true", help="add to OUT instead of replacing it")
     args = parser.parse_args()
     node_wide = NODE_WIDE.intersection(args.scenarios)
     if node_wide and not args.allow_node_oom:

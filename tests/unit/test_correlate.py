@@ -158,11 +158,12 @@ def test_recorded_sigterm_is_one_signal_kill() -> None:
 
 
 def test_recorded_scenarios_in_one_stream() -> None:
-    """The agent sees everything in one stream: four kills, in kill order."""
+    """The agent sees everything in one stream: six kills (two of them a runtime's
+    stop), in kill order."""
     recs = [r for scenario in RECORDED.values() for r in scenario]
     assert any(isinstance(r, CgroupRecord) for r in recs)
     _, kills = _replay(recs)
-    assert [k.kind for k in kills] == ["oom_kill", "oom_kill", "signal", "signal"]
+    assert [k.kind for k in kills] == ["oom_kill", "oom_kill", *["signal"] * 4]
     assert [k.ktime_ns for k in kills] == sorted(k.ktime_ns for k in kills)
 
 

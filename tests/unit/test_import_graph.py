@@ -77,6 +77,18 @@ LAYERING: tuple[Layer, ...] = (
         may_not_import=("oomtrace.kubernetes", "oomtrace.pipeline", "oomtrace.cri"),
     ),
     Layer(
+        modules=("oomtrace.stops",),
+        why="the stop step holds enriched events until their pod's stop is known; it "
+        "neither builds nor names nor classifies",
+        may_not_import=(
+            "oomtrace.build",
+            "oomtrace.kubernetes",
+            "oomtrace.classify",
+            "oomtrace.pipeline",
+            "oomtrace.cri",
+        ),
+    ),
+    Layer(
         modules=("oomtrace.kubernetes", "oomtrace.classify"),
         why="enrich and classify take a built event or its facts; they never build one",
         may_not_import=(

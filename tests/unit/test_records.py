@@ -152,8 +152,8 @@ def test_programs_attach_the_hooks_of_the_kinds_they_write() -> None:
 # -- every record --------------------------------------------------------------
 
 
-def test_data_holds_the_four_scenarios() -> None:
-    assert set(RAW) == {"oom_hog", "holder_allocator", "sigkill", "sigterm"}
+def test_data_holds_the_five_scenarios() -> None:
+    assert set(RAW) == {"oom_hog", "holder_allocator", "sigkill", "sigterm", "runtime_stop"}
     assert 10 <= sum(len(v) for v in RAW.values()) <= 100
 
 
