@@ -52,6 +52,7 @@ from oomtrace.kernel.records import (
     SignalRecord,
     Task,
 )
+from oomtrace.runtimes import is_runtime
 from oomtrace.sigdefs import SI_KERNEL, SIGKILL, fatal_by_default
 
 DEFAULT_WINDOW_NS: Final = 50_000_000
@@ -352,6 +353,10 @@ class Correlator:
         else:
             self._by_signal[(rec.ktime_ns, rec.sender.tgid)] = kill
         evicted = self._add(kill)
+        if rec.sig != SIGKILL and rec.target is not None and is_runtime(rec.sender.comm):
+            # A traced signal (--signals) that a runtime sends is a stop signal too:
+            # the SIGKILL that may follow carries it. Its own kill is reported as well.
+            self._stops.setdefault(rec.target.tgid, []).append((rec, evidence))
         if is_kernel_kill:
             # Either a victim (its mark_victim follows), a process sharing the
             # victim's mm, or a kernel force_sig(): decided within the window.
@@ -449,6 +454,10 @@ class Correlator:
             return self._stopped_exit(rec, evidence)
         kill.exit = rec
         kill.exit_evidence = evidence
+        # A process gone ends its stop, if one is open (a traced stop signal it died of).
+        ended = self._take_stop(rec.victim.tgid)
+        if not kill.stop_signals:
+            kill.stop_signals = ended
         if kill.context is not None:
             kill.context.alive.discard(kill.victim_tid)
             kill.context.closed = not kill.context.alive

@@ -28,7 +28,7 @@ from oomtrace.pipeline import Agent
 from oomtrace.schema import Cause
 from oomtrace.sinks.stream import StreamSink
 from oomtrace.stops import SETTLE_NS, StopStep, busy_pods
-from tests.unit.test_correlate import RECORDED, signal, task
+from tests.unit.test_correlate import RECORDED, exit_, signal, task
 
 Event = dict[str, Any]
 MiB = 1 << 20
@@ -379,3 +379,29 @@ def test_metrics_count_stops_by_pod_container_cause_and_kind() -> None:
         'oomtrace_container_stops_total{cause="runtime_stop",container="POD",kind="pod",'
         'namespace="shop",pod="web-7d9"} 1.0'
     ) in text
+
+
+def test_a_traced_stop_signal_is_a_kill_and_the_start_of_its_stop() -> None:
+    """With SIGTERM traced (--signals KILL,TERM) a runtime's SIGTERM is recorded as a
+    traced signal, a kill of its own; the SIGKILL after it still carries it."""
+    runc = task(900, comm="runc")
+    corr = Correlator()
+    term = dataclasses.replace(signal(1 * S, runc, 50, sig=SIGTERM, code=0), target=task(50))
+    corr.feed(term)
+    kill_rec = dataclasses.replace(signal(2 * S, runc, 50, code=0), target=task(50))
+    corr.feed(kill_rec)
+    kills = corr.drain()
+    by_sig = {k.signal.sig: k for k in kills if k.signal is not None}
+    assert sorted(by_sig) == [9, SIGTERM]
+    assert [r.sig for r, _ in by_sig[9].stop_signals] == [SIGTERM]
+
+
+def test_a_traced_stop_signal_the_process_dies_of_ends_its_stop() -> None:
+    runc = task(900, comm="runc")
+    corr = Correlator()
+    term = dataclasses.replace(signal(1 * S, runc, 50, sig=SIGTERM, code=0), target=task(50))
+    corr.feed(term)
+    assert len(corr.stopping()) == 1
+    [kill] = corr.feed(exit_(2 * S, term))
+    assert corr.stopping() == []
+    assert [r.sig for r, _ in kill.stop_signals] == [SIGTERM]
