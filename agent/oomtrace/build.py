@@ -74,12 +74,14 @@ class EventBuilder:
         *,
         vocabulary: KernelVocabulary | None = None,
         hostname: str | None = None,
+        node_name: str | None = None,
         top_n: int = TOP_HOLDERS,
     ) -> None:
         self.clock = clock
         self.tier = tier
         self.vocabulary = vocabulary or features.vocabulary(None)
         self.hostname = hostname or socket.gethostname()
+        self.node_name = node_name
         self.top_n = top_n
 
     def common(self, kind: str, ktime_ns: int) -> Event:
@@ -88,7 +90,7 @@ class EventBuilder:
             "type": kind,
             "time": self.clock.rfc3339(ktime_ns),
             "ktime_ns": ktime_ns,
-            "node": {"hostname": self.hostname},
+            "node": {"hostname": self.hostname, "name": self.node_name},
         }
 
     def lost(self, ktime_ns: int, source: str, count: int, detail: dict[str, int]) -> Event:

@@ -235,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
         "pod UID and container ID still come from cgroup paths)",
     )
     kube.add_argument(
+        "--node-name",
+        metavar="NAME",
+        help="the Kubernetes node's name, written as node.name in every event (a "
+        "DaemonSet passes spec.nodeName as OOMTRACE_NODE_NAME; default: none, "
+        "node.hostname is always there)",
+    )
+    kube.add_argument(
         "--kubelet-config",
         type=_flag(configfile.file_path),
         metavar="PATH",

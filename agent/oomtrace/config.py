@@ -100,6 +100,9 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     cri_endpoint: str | None = None
+    # The Kubernetes node's name (a DaemonSet's spec.nodeName), which a node's
+    # hostname need not be.
+    node_name: str | None = None
     # The kubelet's KubeletConfiguration file, for its memory eviction thresholds.
     kubelet_config: Path = DEFAULT_KUBELET_CONFIG
     # The [causes] table: (sender comm, Cause value) pairs, sorted by comm.

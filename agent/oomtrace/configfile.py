@@ -231,6 +231,7 @@ KEYS: Final[dict[str, Key]] = {
         Key("log_format", "log_format", _string, str.strip, live=False),
         Key("cri_endpoint", "cri_endpoint", _optional_string, _optional_string, live=False),
         Key("kubelet_config", "kubelet_config", file_path, file_path, live=False),
+        Key("node_name", "node_name", _optional_string, _optional_string, live=False),
         Key("causes", "causes", _causes, _env_causes, live=True, show=_show_causes),
     )
 }

@@ -132,7 +132,9 @@ class Agent:
         )
         self.correlator = Correlator(exit_wait_ns=int(settings.exit_wait * 1e9))
         self.clock = Clock()
-        self.builder = EventBuilder(self.clock, probes.plan.tier, vocabulary=vocabulary)
+        self.builder = EventBuilder(
+            self.clock, probes.plan.tier, vocabulary=vocabulary, node_name=settings.node_name
+        )
         self.kubernetes = KubernetesEnricher(k8s)
         self.stops: StopStep[Kill] = StopStep()
         self.rules = rules_of(settings)
