@@ -16,9 +16,11 @@ liveness probe's endpoint itself).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -32,7 +34,7 @@ from oomtrace.cri import api_pb2
 from tests.support.agent import repo_root
 from tests.support.memcg import memory_root
 
-from .harness import Container, Containerd, Pod
+from .harness import CTR, K8S_NAMESPACE, Container, Containerd, Pod, unavailable_reason
 
 MANIFESTS = repo_root() / "deploy" / "kubernetes"
 Manifest = dict[str, Any]
@@ -535,3 +537,28 @@ class SocketDirContainerd(Containerd):
         self.run_dir.mkdir(exist_ok=True)
         self.socket = self.run_dir / "containerd.sock"
         self.endpoint = f"unix://{self.socket}"
+
+
+# Where scripts/test puts the image it builds once for the host's and the VM's
+# DaemonSet tests (the repository goes into the VM whole, this included).
+BUILT_IMAGE = repo_root() / ".image" / "oomtrace.tar"
+
+
+@contextlib.contextmanager
+def node_with_image(archive: Path, *, systemd: bool = False) -> Iterator[SocketDirContainerd]:
+    """A started containerd with the agent's image imported into the kubelet's
+    namespace, as a registry pull or `ctr images import` leaves it on a node."""
+    reason = unavailable_reason()
+    assert reason is None, f"containerd tests cannot run: {reason} (scripts/setup --dev)"
+    daemon = SocketDirContainerd(systemd=systemd)
+    try:
+        daemon.start()
+        imported = subprocess.run(
+            [CTR, "--address", str(daemon.socket), "-n", K8S_NAMESPACE, "images", "import",
+             "--snapshotter", daemon.snapshotter, str(archive)],
+            capture_output=True, text=True, check=False, timeout=600,
+        )  # fmt: skip
+        assert imported.returncode == 0, imported.stderr
+        yield daemon
+    finally:
+        daemon.close()

@@ -69,8 +69,9 @@ class Node:
         return "/kubepods.slice" if self.containerd.systemd else "/kubepods"
 
     def record(self, scenario: str, container: Container, verdict: dict[str, Any],
-               oomtrace: str) -> None:  # fmt: skip
-        """containerd's verdict on a container next to oomtrace's."""
+               oomtrace: str, explanation: str | None = None) -> None:  # fmt: skip
+        """containerd's verdict on a container next to oomtrace's (its cause, and the
+        explanation when given)."""
         self.verdicts.parent.mkdir(parents=True, exist_ok=True)
         line = {
             "scenario": scenario,
@@ -79,6 +80,7 @@ class Node:
             "container": container.name,
             "containerd": verdict,
             "oomtrace": oomtrace,
+            "explanation": explanation,
         }  # fmt: skip
         with self.verdicts.open("a") as out:
             out.write(json.dumps(line) + "\n")

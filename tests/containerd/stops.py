@@ -180,9 +180,10 @@ def deletion(node: Node) -> None:
             assert event["sender"]["comm"] == "runc", tier
             assert event["node"]["memory"] is not None, tier
         assert "deleted, preempted or scaled down" in killed["explanation"], tier
-    for container, event in (("web", ended), ("cache", killed)):
-        c = web if container == "web" else cache
-        node.record("deletion, 2 s grace", c, verdicts[container], event["cause"])
+    for c, event in ((web, ended), (cache, killed)):
+        node.record(
+            "deletion, 2 s grace", c, verdicts[c.name], event["cause"], event["explanation"]
+        )
     containerd.remove_pod(pod)
 
 
@@ -209,7 +210,9 @@ def probe_restart(node: Node) -> None:
         assert "alone was stopped" in event["explanation"], (tier, event["explanation"])
         assert "failed liveness or startup probe" in event["explanation"], tier
     assert containerd.status(sidecar).state == "running"
-    node.record("probe restart", app, verdict, "runtime_stop (stop.kind container)")
+    node.record(
+        "probe restart", app, verdict, "runtime_stop (stop.kind container)", event["explanation"]
+    )
     # The next event of the container names the new attempt: stopped at once this time.
     containerd.stop_container(again, timeout=0)
     containerd.wait_exited(again)
@@ -260,10 +263,12 @@ def hard_eviction(node: Node, expected: dict[str, str]) -> None:
                 assert below is None, (name, below)
                 assert "not evicted" in event["explanation"], name
         for container in containers:
+            event = final(found[container.name])
             node.record(
                 f"hard eviction ({name})",
                 container,
                 verdicts[container.name],
-                final(found[container.name])["cause"],
+                event["cause"],
+                event["explanation"],
             )
     containerd.remove_pod(pod)

@@ -27,6 +27,7 @@ import pytest
 from tests.support.agent import AgentProcess, repo_root
 
 from .daemonset import (
+    BUILT_IMAGE,
     AgentPod,
     Node,
     SocketDirContainerd,
@@ -35,11 +36,12 @@ from .daemonset import (
     manifests,
     memory_peak,
     node_name,
+    node_with_image,
     proc_status,
     rss_bytes,
     run_daemonset_pod,
 )
-from .harness import CTR, K8S_NAMESPACE, OOM_REASONS, Containerd, memory_cgroup, unavailable_reason
+from .harness import OOM_REASONS, Containerd, memory_cgroup
 
 pytestmark = [pytest.mark.containerd, pytest.mark.timeout(900)]
 
@@ -54,11 +56,14 @@ Event = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The image as scripts/build-image writes it (about a minute, with the Debian mirror
-    and the pip index at hand)."""
+    """The image as scripts/build-image writes it: the one scripts/test built (or
+    OOMTRACE_IMAGE_ARCHIVE), else built here (about a minute, with the Debian mirror and
+    the pip index at hand)."""
     given = os.environ.get("OOMTRACE_IMAGE_ARCHIVE")
     if given:
         return Path(given)
+    if BUILT_IMAGE.is_file():
+        return BUILT_IMAGE
     out = tmp_path_factory.mktemp("image") / "oomtrace.tar"
     build = subprocess.run(
         [sys.executable, str(repo_root() / "scripts" / "build-image"), str(out)],
@@ -72,29 +77,20 @@ def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def node(image_archive: Path) -> Iterator[SocketDirContainerd]:
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.fail(f"containerd tests cannot run: {reason} (sudo scripts/setup --dev installs it)")
-    daemon = SocketDirContainerd()
-    try:
-        daemon.start()
-        imported = subprocess.run(
-            [CTR, "--address", str(daemon.socket), "-n", K8S_NAMESPACE, "images", "import",
-             "--snapshotter", daemon.snapshotter, str(image_archive)],
-            capture_output=True, text=True, check=False, timeout=600,
-        )  # fmt: skip
-        assert imported.returncode == 0, imported.stderr
+    with node_with_image(image_archive) as daemon:
         yield daemon
-    finally:
-        daemon.close()
 
 
 @pytest.fixture(scope="module")
 def figures() -> Iterator[dict[str, Any]]:
     found: dict[str, Any] = {}
     yield found
-    FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    FIGURES.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
+    write_figures(FIGURES, found)
+
+
+def write_figures(path: Path, found: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
 
 
 @pytest.fixture(scope="module")
