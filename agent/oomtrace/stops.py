@@ -36,10 +36,11 @@ from oomtrace.host.kubepath import parse_kube_cgroup
 from oomtrace.kubeletconfig import EVICTION_MONITORING_PERIOD_S
 from oomtrace.schema import Event
 
-# The kubelet calls StopPodSandbox as soon as its containers are stopped; the
-# runtime's SIGKILL to the pause process follows within milliseconds, or a
-# second on a loaded node.
-SETTLE_NS: Final = 2_000_000_000
+# The kubelet stops a pod's containers at once and calls StopPodSandbox as soon
+# as they are stopped; the runtime's signals follow within milliseconds on an
+# idle node, but one runc after another can take seconds on a loaded one (seen:
+# over 2 s between two containers of one pod, with the node's CPUs saturated).
+SETTLE_NS: Final = 5_000_000_000
 # Longer than a default grace period (30 s) with room: an event is never held
 # for longer, whatever its pod's stop still waits for.
 MAX_HOLD_NS: Final = 120_000_000_000

@@ -45,9 +45,9 @@ Event = dict[str, Any]
 
 HARD_EVICTION_GRACE_S = 1
 DELETION_GRACE_S = 2
-# The agent holds a pod's stop events until its sandbox is stopped, or 2 s after
+# The agent holds a pod's stop events until its sandbox is stopped, or 5 s after
 # the pod's last stopped process when it is not: this is that wait and some room.
-SETTLE_S = 6.0
+SETTLE_S = 9.0
 
 
 def ends_on_term() -> list[str]:
