@@ -291,8 +291,9 @@ class Capture:
         stats: dict[str, dict[str, object]] = {}
         for path in candidates:
             stat = memcg.read_memcg(hierarchy, path)
+            named = kprobe is not None and path == oom_memcg
             if stat is None:
-                if path not in by_path:
+                if path not in by_path and not named:
                     continue
                 # Removed already (a runtime deletes an exited container's
                 # cgroup within milliseconds): the kernel's counters remain.
@@ -301,6 +302,12 @@ class Capture:
             counter = by_path.get(path)
             if counter is not None:
                 _merge_counter(stat, counter)
+            elif named and kprobe is not None:
+                # oom_kill_process's own reading of the memcg it names: its usage
+                # at the kill, even when the files went with the cgroup.
+                stat["usage_bytes"] = kprobe.oom_memcg_usage_pages * procfs.PAGE_SIZE
+                stat["usage_source"] = "kernel_at_kill"
+                stat.setdefault("limit_bytes", None)
             if path == oom_memcg or stat.get("limit_bytes"):
                 stats[path] = stat
         return MemcgCapture(

@@ -180,3 +180,29 @@ def test_events_carry_node_memory(tmp_path: Path) -> None:
     [plain] = _events(agent, "sigkill", evidence)
     assert plain["stop"] is None
     assert plain["node"]["memory"] is None
+
+
+def test_a_kprobe_oom_whose_memcg_is_gone_keeps_the_kernels_usage(tmp_path: Path) -> None:
+    """oom_kill_process names the memcg and its usage at the kill; when the cgroup's
+    files are gone by the time the record is read (a systemd scope removed with its
+    container), the event still has that usage, with `stat` null."""
+    from oomtrace.host.cgroupfs import Hierarchy
+    from oomtrace.host.procfs import PAGE_SIZE
+    from oomtrace.kernel.records import OomKillRecord
+
+    hierarchy = Hierarchy(tmp_path, 0, 2)
+    paths: Any = types.SimpleNamespace(memory=hierarchy, memcg_path=lambda _id: "/gone.scope")
+    capture = Capture(paths)
+    trigger = task(os.getpid())
+    record = OomKillRecord(
+        ktime_ns=1, cpu=0, trigger=trigger, victim_tid=trigger.tid, victim_tgid=trigger.tgid,
+        victim_comm="dd", oom_memcg_id=77, totalpages=8192, chosen_points=100, gfp_mask=0,
+        order=0, constraint=1, oom_memcg_usage_pages=8192,
+    )  # fmt: skip
+    seen = capture._seen(trigger, with_parents=False)
+    mem = capture._memcg(1, trigger, seen, (), record)
+    assert mem is not None and mem.oom_memcg == "/gone.scope"
+    stat = mem.stats["/gone.scope"]
+    assert stat["stat"] is None
+    assert stat["usage_bytes"] == 8192 * PAGE_SIZE
+    assert stat["usage_source"] == "kernel_at_kill"
