@@ -15,7 +15,15 @@ and with its arguments:
   goroutine each, and waits for them all; then StopPodSandbox for each sandbox.
 - A hard eviction is the eviction manager's evictPod (pkg/kubelet/eviction/
   eviction_manager.go), which kills the pod with gracePeriodOverride
-  immediateEvictionGracePeriodSeconds (1) when a hard threshold was met.
+  immediateEvictionGracePeriodSeconds (1) when a hard threshold was met; the pod
+  worker (pod_workers.go, calculateEffectiveGracePeriod) keeps it, as it floors a
+  grace at 1 only. What reaches StopContainer depends on the kubelet's release:
+  killContainer long applied the override after the 2 s floor, so StopContainer
+  got 1 s; the current source applies the override first, then runs the preStop
+  hook and the termination ordering on it, and only then floors at 2 s, so a hard
+  eviction's StopContainer now carries 2 s, the same as a 2 s deletion. Both are
+  run (HARD_EVICTION_GRACE_S, CURRENT_HARD_EVICTION_GRACE_S): only the node's
+  memory, not the grace, tells such an eviction from a deletion.
 - A deletion kills the pod with the pod's grace (2 s here, the floor above).
 - A liveness or startup probe failure: SyncPod's computePodActions puts the one
   container in ContainersToKill, killContainer stops it with the pod's grace, and
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +53,9 @@ from .pods import Node
 Event = dict[str, Any]
 
 HARD_EVICTION_GRACE_S = 1
+# What the current kubelet sends for a hard eviction: the override of 1, raised to
+# minimumGracePeriodInSeconds (module docstring).
+CURRENT_HARD_EVICTION_GRACE_S = 2
 DELETION_GRACE_S = 2
 # The agent holds a pod's stop events until its sandbox is stopped, or 5 s after
 # the pod's last stopped process when it is not: this is that wait and some room.
@@ -147,6 +159,51 @@ def final(events: list[Event]) -> Event:
     return ended[0]
 
 
+def assert_stop_event(event: Event, tier: str) -> None:
+    """The fields every runtime stop event carries, as the event contract gives them."""
+    assert event["type"] == "signal", tier
+    assert event["sender"]["comm"] == "runc", (tier, event["sender"])
+    k8s = event["victim"]["k8s"]
+    assert {"namespace", "pod", "container", "attempt", "sandbox"} <= k8s.keys(), (tier, k8s)
+    assert isinstance(event.get("stop"), dict), (tier, event.get("stop"))
+    signals = event["stop"]["signals"]
+    assert signals, (tier, event["stop"])
+    for sent in signals:
+        assert sent["signal"] in ("SIGTERM", "SIGKILL"), (tier, sent)
+        assert sent["number"] == {"SIGTERM": 15, "SIGKILL": 9}[sent["signal"]], (tier, sent)
+        assert sent["sender"]["comm"] == "runc", (tier, sent)
+        assert isinstance(sent["sender"]["pid"], int), (tier, sent)
+        # RFC 3339: the agent's own time form, read back with the standard library.
+        datetime.fromisoformat(sent["time"].replace("Z", "+00:00"))
+    kills = [s for s in signals if s["signal"] == "SIGKILL"]
+    assert len(kills) <= 1 and (not kills or signals[-1] is kills[0]), (tier, signals)
+    assert (event["signal"]["name"] == "SIGKILL") == bool(kills), (tier, signals)
+    memory = event["node"]["memory"]
+    assert isinstance(memory, dict), (tier, memory)
+    fields = {
+        "available_bytes",
+        "capacity_bytes",
+        "working_set_bytes",
+        "allocatable_available_bytes",
+        "psi",
+        "thresholds",
+        "below_threshold",
+    }
+    assert fields <= memory.keys(), (tier, memory)
+
+
+def others_signalled(agent: AgentProcess, pod: Pod, container_id: str) -> list[Event]:
+    """Signal events of the pod's processes outside one container: its other
+    containers' and its sandbox's, stop or not."""
+    return [
+        e
+        for e in agent.events
+        if e.get("type") == "signal"
+        and ((e.get("victim") or {}).get("k8s") or {}).get("pod_uid") == pod.uid
+        and e["victim"]["k8s"].get("container_id") != container_id
+    ]
+
+
 # -- the scenarios ----------------------------------------------------------------------
 
 
@@ -162,23 +219,32 @@ def deletion(node: Node) -> None:
         node.wait_log(container, "up")
     kill_pod(containerd, pod, [web, cache], DELETION_GRACE_S)
     verdicts = {c.name: node.verdict(c) for c in (web, cache)}
+    # The runtime's side first: the stop signal ended one, the grace's SIGKILL the other.
+    assert verdicts["web"]["exit_code"] == 143, verdicts
+    assert verdicts["cache"]["exit_code"] == 137, verdicts
+    assert not containerd.pod_status(pod).ready
     for tier, agent in node.agents.items():
         found = wait_stop_events(agent, pod, {"web", "cache", None})
         ended, killed = final(found["web"]), final(found["cache"])
+        node.assert_named(ended, pod, web)
+        node.assert_named(killed, pod, cache)
         assert ended["signal"]["name"] == "SIGTERM", tier
         assert ended["victim"]["exit"]["code"] == 143, tier
         assert ended["stop"]["grace_s"] is None, tier
+        assert [s["signal"] for s in ended["stop"]["signals"]] == ["SIGTERM"], tier
         assert killed["signal"]["name"] == "SIGKILL", tier
         assert killed["victim"]["exit"]["code"] == 137, tier
         assert 1.5 <= killed["stop"]["grace_s"] <= 4.0, (tier, killed["stop"])
         assert [s["signal"] for s in killed["stop"]["signals"]] == ["SIGTERM", "SIGKILL"], tier
         sandbox = final(found[None])
         assert sandbox["victim"]["k8s"]["sandbox"] is True, tier
+        assert sandbox["signal"]["name"] == "SIGKILL", tier
         for event in (ended, killed, sandbox):
+            assert_stop_event(event, tier)
             assert event["stop"]["kind"] == "pod", (tier, event["stop"])
             assert event["cause"] == "runtime_stop", (tier, event["explanation"])
-            assert event["sender"]["comm"] == "runc", tier
-            assert event["node"]["memory"] is not None, tier
+            assert event["node"]["memory"]["below_threshold"] is None, tier
+        assert ended["victim"]["k8s"]["sandbox"] is False, tier
         assert "deleted, preempted or scaled down" in killed["explanation"], tier
     for c, event in ((web, ended), (cache, killed)):
         node.record(
@@ -199,21 +265,32 @@ def probe_restart(node: Node) -> None:
         node.wait_log(container, "up")
     again = restart_after_probe(containerd, app, ignores_term(), DELETION_GRACE_S)
     verdict = node.verdict(app)
+    assert verdict["exit_code"] == 137, verdict  # it ignored SIGTERM: the grace ran out
     node.wait_log(again, "up")
+    assert (again.attempt, containerd.status(again).state) == (1, "running")
     for tier, agent in node.agents.items():
         found = wait_stop_events(agent, pod, {"app"})
-        assert found.keys() == {"app"}, (tier, found.keys())  # not the sibling, not the pod
+        # The settle time has passed in wait_stop_events: nothing for the sibling or
+        # the sandbox, stop or other signal.
+        assert found.keys() == {"app"}, (tier, found.keys())
+        assert others_signalled(agent, pod, app.id) == [], tier
         event = final(found["app"])
+        assert_stop_event(event, tier)
+        node.assert_named(event, pod, app)
+        assert event["signal"]["name"] == "SIGKILL", tier
         assert event["victim"]["k8s"]["attempt"] == 0, tier
         assert event["stop"]["kind"] == "container", (tier, event["stop"])
+        assert 1.5 <= event["stop"]["grace_s"] <= 4.0, (tier, event["stop"])
         assert event["cause"] == "runtime_stop", tier
         assert "alone was stopped" in event["explanation"], (tier, event["explanation"])
         assert "failed liveness or startup probe" in event["explanation"], tier
     assert containerd.status(sidecar).state == "running"
+    assert containerd.pod_status(pod).ready
     node.record(
         "probe restart", app, verdict, "runtime_stop (stop.kind container)", event["explanation"]
     )
-    # The next event of the container names the new attempt: stopped at once this time.
+    # The next event of the container names the new attempt: a stop with no timeout
+    # this time (the runtime's SIGKILL alone).
     containerd.stop_container(again, timeout=0)
     containerd.wait_exited(again)
     for tier, agent in node.agents.items():
@@ -225,16 +302,21 @@ def probe_restart(node: Node) -> None:
             timeout=30,
             what=f"{tier}: the stop event of attempt 1",
         )
+        assert_stop_event(event, tier)
+        node.assert_named(event, pod, again)
         assert event["victim"]["k8s"]["attempt"] == 1, tier
+        assert event["stop"]["kind"] == "container", (tier, event["stop"])
     containerd.stop_pod(pod)
     containerd.remove_pod(pod)
 
 
-def hard_eviction(node: Node, expected: dict[str, str]) -> None:
-    """A hard eviction (1 s grace for every container, then the sandbox) of a pod
-    whose containers ignore SIGTERM. `expected` is each agent's cause: `eviction`
-    for an agent whose kubelet config has a threshold the node is below,
-    `runtime_stop` for one whose threshold is far from it."""
+def hard_eviction(
+    node: Node, expected: dict[str, str], grace: int = HARD_EVICTION_GRACE_S
+) -> list[Event]:
+    """A hard eviction (`grace` for every container at once, then the sandbox) of a
+    pod whose containers ignore SIGTERM. `expected` is each agent's cause:
+    `eviction` for an agent whose kubelet config has a threshold the node is below,
+    `runtime_stop` for one whose threshold is far from it. Returns the events."""
     containerd = node.containerd
     pod = containerd.run_pod("batch-9d1", "jobs", qos_class="BestEffort")
     containers = [
@@ -243,20 +325,27 @@ def hard_eviction(node: Node, expected: dict[str, str]) -> None:
     for container in containers:
         containerd.start_container(container)
         node.wait_log(container, "up")
-    kill_pod(containerd, pod, containers, HARD_EVICTION_GRACE_S)
+    kill_pod(containerd, pod, containers, grace)
     verdicts = {c.name: node.verdict(c) for c in containers}
+    assert {v["exit_code"] for v in verdicts.values()} == {137}, verdicts
+    assert not containerd.pod_status(pod).ready
+    seen: list[Event] = []
     for name, agent in node.agents.items():
         found = wait_stop_events(agent, pod, {"worker", "helper", None})
-        for container in ("worker", "helper", None):
-            event = final(found[container])
+        for key in ("worker", "helper", None):
+            event = final(found[key])
+            seen.append(event)
+            assert_stop_event(event, name)
+            assert event["signal"]["name"] == "SIGKILL", name
+            assert event["victim"]["k8s"]["sandbox"] is (key is None), name
             assert event["stop"]["kind"] == "pod", (name, event["stop"])
             assert event["cause"] == expected[name], (name, event["explanation"])
             below = event["node"]["memory"]["below_threshold"]
-            if container is not None:
-                assert event["signal"]["name"] == "SIGKILL", name
-                assert 0.8 <= event["stop"]["grace_s"] <= 2.5, (name, event["stop"])
+            if key is not None:
+                assert 0.8 <= event["stop"]["grace_s"] <= grace + 1.5, (name, event["stop"])
             if expected[name] == "eviction":
                 assert below is not None and below["signal"] == "memory.available", name
+                assert below["kind"] == "hard", (name, below)
                 assert event["stop"]["pressure"]["threshold"] == below, name
                 assert "evicted by the kubelet" in event["explanation"], name
             else:
@@ -264,11 +353,13 @@ def hard_eviction(node: Node, expected: dict[str, str]) -> None:
                 assert "not evicted" in event["explanation"], name
         for container in containers:
             event = final(found[container.name])
+            node.assert_named(event, pod, container)
             node.record(
-                f"hard eviction ({name})",
+                f"hard eviction, {grace} s grace ({name})",
                 container,
                 verdicts[container.name],
                 event["cause"],
                 event["explanation"],
             )
     containerd.remove_pod(pod)
+    return seen

@@ -18,7 +18,14 @@ from tests.support.agent import AgentProcess
 
 from .harness import Containerd
 from .pods import Node
-from .stops import deletion, hard_eviction, kubelet_config, probe_restart
+from .stops import (
+    CURRENT_HARD_EVICTION_GRACE_S,
+    HARD_EVICTION_GRACE_S,
+    deletion,
+    hard_eviction,
+    kubelet_config,
+    probe_restart,
+)
 
 pytestmark = pytest.mark.containerd
 
@@ -66,7 +73,24 @@ def test_probe_restart(containerd: Containerd, agents: dict[str, AgentProcess]) 
     probe_restart(Node(containerd, {CALM: agents[CALM]}, VERDICTS))
 
 
+@pytest.mark.parametrize(
+    "grace",
+    [HARD_EVICTION_GRACE_S, CURRENT_HARD_EVICTION_GRACE_S],
+    ids=["StopContainer 1 s", "StopContainer 2 s (current kubelet)"],
+)
 def test_hard_eviction_by_the_config(
-    containerd: Containerd, agents: dict[str, AgentProcess]
+    containerd: Containerd, agents: dict[str, AgentProcess], grace: int
 ) -> None:
-    hard_eviction(Node(containerd, agents, VERDICTS), {PRESSURE: "eviction", CALM: "runtime_stop"})
+    """The same stop judged by both agents: only the node's memory against each one's
+    thresholds tells an eviction, whichever timeout the kubelet's release sends."""
+    events = hard_eviction(
+        Node(containerd, agents, VERDICTS), {PRESSURE: "eviction", CALM: "runtime_stop"}, grace
+    )
+    # Each agent read its own --kubelet-config: the configs differ, not the node.
+    quantities = {
+        t["quantity"]
+        for e in events
+        for t in e["node"]["memory"]["thresholds"]
+        if t["signal"] == "memory.available"
+    }
+    assert quantities == {above_the_node(), "1Mi"}, quantities

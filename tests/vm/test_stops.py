@@ -11,6 +11,7 @@ has a memory limit of its own, so the VM never runs out of memory as a whole.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from oomtrace.host import nodememory
 from oomtrace.nodefacts import CONFIG_CHECK_S
 from tests.containerd.harness import Containerd
 from tests.containerd.pods import MiB, Node
 from tests.containerd.stops import deletion, hard_eviction, kubelet_config, probe_restart
+from tests.support import memavailable
 from tests.support.agent import AgentProcess
 from tests.support.memcg import memcg
 from tests.vm.conftest import CRI_DIR, CRI_ENDPOINT
@@ -31,6 +32,7 @@ from tests.vm.conftest import CRI_DIR, CRI_ENDPOINT
 pytestmark = pytest.mark.vm
 
 VERDICTS = Path(".vm-results/kubernetes-verdicts.jsonl")
+PRESSURE_LOG = Path(".vm-results/stops-pressure.json")
 TIERS = {"kprobe": "auto", "tracepoint": "tracepoint"}
 # How far below the node's memory.available the threshold is put, and how much
 # more than that the hog takes: enough to cross it with room for the node's own
@@ -73,17 +75,19 @@ def test_probe_restart(node: Node) -> None:
 
 
 def available_mib() -> int:
-    available = nodememory.read().available_bytes
-    assert available is not None
-    return available // MiB
+    """memory.available now, as the kubelet computes it (not with the agent's code)."""
+    return memavailable.available_bytes() // MiB
 
 
 def test_hard_eviction_under_real_pressure(node: Node, config: Path) -> None:
-    threshold = available_mib() - MARGIN_MIB
+    before = available_mib()
+    threshold = before - MARGIN_MIB
     kubelet_config(config, f"{threshold}Mi")
     # The agents look at the file's time every CONFIG_CHECK_S.
     time.sleep(CONFIG_CHECK_S + 1)
     hog_mib = MARGIN_MIB + OVERSHOOT_MIB
+    # The hog's own limit, above what it takes: it cannot grow past it, so the VM as
+    # a whole keeps (available - hog) and never runs out.
     with memcg((hog_mib + 64) * MiB) as group:
         hog = subprocess.Popen(
             [sys.executable, "-c",
@@ -95,10 +99,36 @@ def test_hard_eviction_under_real_pressure(node: Node, config: Path) -> None:
         try:
             assert hog.stdout is not None and hog.stdout.readline().strip() == b"held"
             end = time.monotonic() + 30
-            while (now := available_mib()) >= threshold:
-                assert time.monotonic() < end, f"memory.available {now} MiB, threshold {threshold}"
+            while (under := available_mib()) >= threshold:
+                assert time.monotonic() < end, f"memory.available {under} MiB > {threshold} MiB"
                 time.sleep(0.5)
-            hard_eviction(node, dict.fromkeys(TIERS, "eviction"))
+            events = hard_eviction(node, dict.fromkeys(TIERS, "eviction"))
+            after = available_mib()
         finally:
             hog.kill()
             hog.wait()
+    released = available_mib()
+    readings = [e["node"]["memory"]["available_bytes"] // MiB for e in events]
+    # What the pressure was, for the record of the run.
+    PRESSURE_LOG.parent.mkdir(parents=True, exist_ok=True)
+    PRESSURE_LOG.write_text(
+        json.dumps(
+            {
+                "memory_available_mib": {
+                    "before": before,
+                    "threshold": threshold,
+                    "under_pressure": under,
+                    "after_eviction": after,
+                    "released": released,
+                },
+                "agents_read_mib": readings,
+            }
+        )
+        + "\n"
+    )
+    # The agents read the same signal below the same threshold as this test did.
+    for event in events:
+        below = event["node"]["memory"]["below_threshold"]
+        assert below["bytes"] == threshold * MiB, below
+        assert event["node"]["memory"]["available_bytes"] < below["bytes"], event["node"]
+    assert released > threshold, (released, threshold)
