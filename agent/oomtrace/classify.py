@@ -265,9 +265,11 @@ def _signal_explanation(facts: Facts, cause: Cause) -> str:
     return f"{_place(facts.victim)} was sent {facts.signal}{code}{_age(facts)} {how}{lives}."
 
 
-# The kubelet gives a pod 1 s for a hard eviction; a stop's grace is measured
-# between two records, so a little more than that is still 1 s.
-HARD_EVICTION_GRACE_S: Final = (0.5, 2.5)
+# The eviction manager overrides a hard eviction's grace to 1 s. Older kubelets
+# passed it to StopContainer as it is; the current killContainer raises it to its
+# 2 s minimum after the override. A stop's grace is measured between two records,
+# so a little more than either is still one of them.
+HARD_EVICTION_GRACE_S: Final = (0.5, 3.0)
 
 
 def _threshold_words(threshold: Mapping[str, Any]) -> str:
