@@ -77,9 +77,22 @@ def _parse_proc_cgroups(text: str) -> dict[str, int]:
 
 
 def _pick(mounts: list[Mount]) -> Mount | None:
+    # A later mount on the same mount point hides the earlier one: in a pod on cgroup
+    # v2, the runtime's mount of the container's own cgroup lies under the hostPath
+    # mount of the node's /sys/fs/cgroup, and only the latter is read there.
+    visible = list({m.mount: m for m in mounts}.values())
     # Containers and kubelet volumes may bind-mount subtrees of a hierarchy again;
     # the mount of the whole hierarchy names every cgroup.
-    return min(mounts, key=lambda m: len(m.root.rstrip("/")), default=None)
+    return min(visible, key=lambda m: len(_true_root(m.root).rstrip("/")), default=None)
+
+
+def _true_root(root: str) -> str:
+    """A mount's root in the hierarchy. Inside a cgroup namespace (every pod on
+    cgroup v2 has its own) mountinfo shows a mount of the hierarchy's root as the
+    way up from the namespace's root, "/../../..": the node's /sys/fs/cgroup, which
+    kernel paths (cgroup_mkdir's, absolute) are below as they are."""
+    parts = [p for p in root.split("/") if p]
+    return "/" if parts and all(p == ".." for p in parts) else root
 
 
 def _read_text(path: Path) -> str:
@@ -163,13 +176,18 @@ class CgroupPaths:
 
         v2 = _pick([m for m in mounts if m.fstype == "cgroup2"])
         self.unified: Hierarchy | None = (
-            Hierarchy(mount=v2.mount, hierarchy_id=0, version=2, root=v2.root) if v2 else None
+            Hierarchy(mount=v2.mount, hierarchy_id=0, version=2, root=_true_root(v2.root))
+            if v2
+            else None
         )
         v1 = _pick([m for m in mounts if m.fstype == "cgroup" and "memory" in m.super_options])
         self.memory: Hierarchy | None
         if v1 is not None:
             self.memory = Hierarchy(
-                mount=v1.mount, hierarchy_id=ids.get("memory", -1), version=1, root=v1.root
+                mount=v1.mount,
+                hierarchy_id=ids.get("memory", -1),
+                version=1,
+                root=_true_root(v1.root),
             )
         else:
             # A controller bound to no v1 hierarchy belongs to cgroup2; where cgroup2 does
