@@ -90,6 +90,9 @@ class Threshold:
     quantity_bytes: int | None
     percentage: float | None
     grace_period_s: float | None  # soft thresholds only
+    # The value as the file writes it ("500M", "10%"), for people to recognise; not
+    # compared, as "1Gi" and "1024Mi" are one threshold to the kubelet.
+    text: str | None = field(default=None, compare=False)
 
     def bytes_for(self, capacity: int | None) -> int | None:
         """The threshold in bytes for a signal of ``capacity`` bytes (``GetThresholdQuantity``);
@@ -243,14 +246,14 @@ def _statement(key: str, signal: str, value: object, kind: Kind) -> Threshold | 
         percentage = float(number)
         if not 0 <= percentage <= 100:
             raise _Odd(f"{where}: {value!r} must lie between 0% and 100%")
-        return Threshold(signal, kind, None, percentage, None)
+        return Threshold(signal, kind, None, percentage, None, value)
     try:
         quantity = parse_quantity(value)
     except ValueError as e:
         raise _Odd(f"{where}: {e}") from None
     if quantity <= 0:
         raise _Odd(f"{where}: {value!r} must be positive")
-    return Threshold(signal, kind, quantity, None, None)
+    return Threshold(signal, kind, quantity, None, None, value)
 
 
 def _statements(key: str, entries: Mapping[str, object] | None, kind: Kind) -> list[Threshold]:

@@ -9,6 +9,17 @@ The kubelet's config file is read with the thresholds' parser (kubeletconfig.py)
 at start and again when its modification time changes, looked at no more than
 every CONFIG_CHECK_S: a node's kubelet config changes with a kubelet restart, not
 between two kills of one storm.
+
+A file absent at the default path gives no thresholds, not the kubelet's defaults:
+the kubelet would use memory.available<100Mi without a file, but a node without a
+file is most often a node without a kubelet, and a threshold nobody enforces would
+name an eviction that cannot have happened.
+
+`below_threshold` is the first crossed threshold in the parser's order: hard before
+soft, since the kubelet acts on a hard threshold at its next check and on a soft one
+only after its grace period; and memory.available before allocatableMemory.available.
+Each signal has at most one threshold of each kind, so no two crossed thresholds
+compete on height.
 """
 
 from __future__ import annotations
@@ -61,6 +72,8 @@ class NodeWatch:
         self._stamp: tuple[int, int] | None = None
         self._next_check = 0.0
         self._last: tuple[int, NodeFacts] | None = None
+        # At start-up, so a bad file is reported then, not at the first kill.
+        self.thresholds()
 
     def thresholds(self) -> EvictionThresholds:
         now = time.monotonic()
@@ -117,7 +130,9 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 
 def quantity(threshold: Threshold) -> str:
-    """The threshold as the kubelet config writes it: "10%", "100Mi", or bytes."""
+    """The threshold as the kubelet config writes it: "10%", "100Mi", "500M"."""
+    if threshold.text is not None:
+        return threshold.text
     if threshold.percentage is not None:
         return f"{threshold.percentage:g}%"
     value = threshold.quantity_bytes or 0

@@ -16,7 +16,7 @@ from oomtrace.capture import Capture, Evidence
 from oomtrace.config import Settings
 from oomtrace.host.cgroupfs import CgroupPaths
 from oomtrace.kernel.records import MarkVictimRecord, SignalRecord
-from oomtrace.nodefacts import NodeWatch, render
+from oomtrace.nodefacts import NodeFacts, NodeWatch, render
 from oomtrace.pipeline import Agent
 from oomtrace.sinks.stream import StreamSink
 from tests.unit.test_correlate import RECORDED, signal, task
@@ -80,6 +80,24 @@ def test_a_threshold_above_available_is_named(tmp_path: Path) -> None:
     }
 
 
+def test_quantities_keep_the_files_words(tmp_path: Path) -> None:
+    path = config(
+        tmp_path,
+        "evictionHard: {memory.available: 500M, allocatableMemory.available: 1.5Gi}\n"
+        "evictionSoft: {memory.available: 12.5%}\n"
+        "evictionSoftGracePeriod: {memory.available: 2m}\n",
+    )
+    memory = render(watch(path).read(1)) or {}
+    shown = [(t["quantity"], t["bytes"]) for t in memory["thresholds"]]
+    assert shown == [
+        ("500M", 500_000_000),
+        ("1.5Gi", 1536 * MiB),
+        # The kubelet copies the hard memory.available threshold to allocatable too.
+        ("500M", 500_000_000),
+        ("12.5%", 1_043_035_136),
+    ]
+
+
 def test_a_soft_threshold_crossed_carries_its_grace(tmp_path: Path) -> None:
     path = config(
         tmp_path,
@@ -120,12 +138,29 @@ def test_an_unusable_file_warns_and_gives_no_thresholds(
 
 
 def test_no_kubelet_at_the_default_path_is_said_once_without_a_warning(tmp_path: Path) -> None:
-    node = watch(tmp_path / "absent.yaml", explicit=False)
     with capture_logs() as logs:
-        node.read(1)
+        node = watch(tmp_path / "absent.yaml", explicit=False)
+        memory = render(node.read(1))
         node.read(10**12)
+    # No threshold is invented for a node that may have no kubelet at all.
+    assert memory is not None and memory["thresholds"] is None
     assert [e["event"] for e in logs] == ["kubelet_config_missing"]
     assert logs[0]["log_level"] == "info"
+
+
+def test_the_file_is_read_at_start_not_at_the_first_kill(tmp_path: Path) -> None:
+    path = config(tmp_path, "evictionHard: {memory.available: lots}\n")
+    with capture_logs() as logs:
+        watch(path)
+    assert [e["event"] for e in logs] == ["kubelet_config_unusable"]
+    path.write_text("evictionHard: {memory.available: 100Mi}\n")
+    with capture_logs() as logs:
+        watch(path)
+    assert logs[0]["event"] == "kubelet_config"
+    assert logs[0]["thresholds"] == [
+        "hard memory.available<100Mi",
+        "hard allocatableMemory.available<100Mi",
+    ]
 
 
 def test_a_changed_file_is_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,6 +215,75 @@ def test_events_carry_node_memory(tmp_path: Path) -> None:
     [plain] = _events(agent, "sigkill", evidence)
     assert plain["stop"] is None
     assert plain["node"]["memory"] is None
+
+
+def _agent(kubelet_config: Path) -> Agent:
+    probes: Any = types.SimpleNamespace(
+        plan=types.SimpleNamespace(tier="tracepoint"), commands=lambda: None
+    )
+    settings = Settings(kubelet_config=kubelet_config)
+    agent = Agent(settings, probes, [StreamSink(io.BytesIO(), fmt="json")])
+    # The agent reads the host's "/"; the recorded v2 tree stands in for it.
+    assert agent.capture.node is not None
+    assert agent.capture.node.config == kubelet_config
+    agent.capture.node = watch(kubelet_config)
+    return agent
+
+
+def _captured(agent: Agent, scenario: str) -> list[dict[str, Any]]:
+    """The scenario's events with the agent's own capture deciding what to read."""
+    kills = []
+    for record in RECORDED[scenario]:
+        kills += agent.correlator.feed(record, agent.capture.on_record(record))
+    kills += agent.correlator.drain()
+    return [e for e in map(agent.event_of, kills) if e is not None]
+
+
+def test_capture_decides_which_events_get_node_memory(tmp_path: Path) -> None:
+    """Through capture, correlate and build: the recorded OOM kill and the signals runc
+    sent get node.memory, below the threshold; a kill -9 from a shell and a lost event
+    get null."""
+    agent = _agent(config(tmp_path, "evictionHard: {memory.available: 6Gi}\n"))
+    [oom] = _captured(agent, "oom_hog")
+    stops = _captured(agent, "runtime_stop")
+    [plain] = _captured(agent, "sigkill")
+    assert oom["type"] == "oom_kill"
+    assert [e["stop"]["signals"][0]["sender"]["comm"] for e in stops] == ["runc", "runc"]
+    for event in (oom, *stops):
+        memory = event["node"]["memory"]
+        # What an explanation is written from: "memory.available was 4915 MiB, below
+        # evictionHard memory.available<6Gi".
+        assert memory["available_bytes"] == AVAILABLE
+        below = memory["below_threshold"]
+        assert (below["kind"], below["signal"], below["quantity"], below["bytes"]) == (
+            "hard",
+            "memory.available",
+            "6Gi",
+            6 << 30,
+        )
+    assert plain["sender"]["comm"] == "kill"
+    assert plain["node"] == {"hostname": plain["node"]["hostname"], "name": None, "memory": None}
+    lost = agent.builder.lost(1, "kernel_ring_buffer", 1, {"signal": 1})
+    assert lost["node"]["memory"] is None
+
+
+def test_a_stop_is_judged_at_its_first_signal(tmp_path: Path) -> None:
+    """runc's SIGQUIT began the stop the SIGKILL ended 1 s later: node.memory is the
+    reading at the SIGQUIT, even when the node had memory again at the SIGKILL."""
+    node = watch(config(tmp_path, "evictionHard: {memory.available: 6Gi}\n"))
+    pressed = node.read(1)
+    eased = NodeFacts(pressed.memory, pressed.thresholds, None)
+    agent = _agent(node.config)
+    kills = []
+    for record in RECORDED["runtime_stop"]:
+        facts = pressed if isinstance(record, SignalRecord) and record.sig != 9 else eased
+        kills += agent.correlator.feed(record, Evidence(node_memory=facts))
+    kills += agent.correlator.drain()
+    events = [e for e in map(agent.event_of, kills) if e is not None]
+    killed = [e for e in events if e["signal"]["name"] == "SIGKILL"]
+    assert killed and killed[0]["stop"]["signals"][0]["signal"] == "SIGQUIT"
+    for event in events:
+        assert event["node"]["memory"]["below_threshold"]["quantity"] == "6Gi"
 
 
 def test_a_kprobe_oom_whose_memcg_is_gone_keeps_the_kernels_usage(tmp_path: Path) -> None:

@@ -106,12 +106,14 @@ def test_kubepods_under_a_cgroup_root(v2_tree: Path) -> None:
     assert memory.allocatable_available_bytes == 5_355_831_296
 
 
-def test_unlimited_kubepods_is_taken_as_capacity(v2_tree: Path) -> None:
+def test_unlimited_kubepods_has_no_allocatable_signal(v2_tree: Path) -> None:
+    # cAdvisor reads "max" as the largest uint64, and the kubelet leaves AvailableBytes out
+    # for a limit above 1<<62: allocatableMemory.available is not observed at all.
     (v2_tree / "sys/fs/cgroup/kubepods.slice/memory.max").write_text("max\n")
     memory = read(v2_tree)
-    assert memory.allocatable_capacity_bytes == 8_344_281_088
-    # 8344281088 - 1914707968
-    assert memory.allocatable_available_bytes == 6_429_573_120
+    assert memory.allocatable_capacity_bytes is None
+    assert memory.allocatable_available_bytes is None
+    assert memory.available_bytes == 5_153_685_504
 
 
 def test_v1_kubepods(tmp_path: Path) -> None:
@@ -123,9 +125,14 @@ def test_v1_kubepods(tmp_path: Path) -> None:
     (pods / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     (pods / "memory.stat").write_text("inactive_file 1\ntotal_inactive_file 268435456\n")
     memory = read(tmp_path / "root")
-    assert memory.allocatable_capacity_bytes == 25_276_203_008
-    # 25276203008 - (1073741824 - 268435456)
-    assert memory.allocatable_available_bytes == 24_470_896_640
+    assert memory.allocatable_capacity_bytes is None
+    assert memory.allocatable_available_bytes is None
+    # The kubelet's limit on kubepods: capacity less 4 GiB reserved.
+    (pods / "memory.limit_in_bytes").write_text("20981235712\n")
+    memory = read(tmp_path / "root")
+    assert memory.allocatable_capacity_bytes == 20_981_235_712
+    # 20981235712 - (1073741824 - total_inactive_file 268435456, not inactive_file)
+    assert memory.allocatable_available_bytes == 20_175_929_344
 
 
 def test_kubepods_without_memory_files(v2_tree: Path) -> None:

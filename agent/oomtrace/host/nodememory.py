@@ -69,10 +69,11 @@ class NodeMemory:
     working_set_bytes: int | None  # of the root cgroup
     available_bytes: int | None  # memory.available: capacity - working set, floor 0
     # allocatableMemory.available: the kubepods cgroup's limit minus its working set, floor
-    # 0; None when there is no kubepods cgroup.
+    # 0; None when there is no kubepods cgroup, or it has no limit (the kubelet then has no
+    # such signal).
     allocatable_available_bytes: int | None
-    # The kubepods limit (capacity when it has none): what a percentage threshold on
-    # allocatableMemory.available is taken of.
+    # The kubepods limit: what a percentage threshold on allocatableMemory.available is
+    # taken of.
     allocatable_capacity_bytes: int | None
     psi_some_avg10: float | None  # /proc/pressure/memory; None without PSI
     psi_full_avg10: float | None
@@ -211,8 +212,10 @@ def compute(
     pods_available = pods_capacity = None
     pods_ws = _cgroup_working_set(kubepods_usage, kubepods_stat, formula)
     limit = parse_limit(kubepods_limit) if kubepods_limit is not None else None
-    if limit is not None:
-        pods_capacity = capacity if limit == "max" else limit
+    # An unlimited kubepods ("max", which cAdvisor reads as the largest uint64) has no
+    # AvailableBytes in the kubelet's stats (isMemoryUnlimited), so no signal either.
+    if limit is not None and limit != "max":
+        pods_capacity = limit
     if pods_ws is not None and pods_capacity is not None:
         pods_available = max(pods_capacity - pods_ws, 0)
 
