@@ -90,7 +90,8 @@ class EventBuilder:
             "type": kind,
             "time": self.clock.rfc3339(ktime_ns),
             "ktime_ns": ktime_ns,
-            "node": {"hostname": self.hostname, "name": self.node_name},
+            # memory: set by kill(); a lost event has none to tell, and says so.
+            "node": {"hostname": self.hostname, "name": self.node_name, "memory": None},
         }
 
     def lost(self, ktime_ns: int, source: str, count: int, detail: dict[str, int]) -> Event:
