@@ -17,14 +17,17 @@ liveness probe's endpoint itself).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import random
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +210,7 @@ def _sandbox_config(containerd: Containerd, meta: Manifest, spec: Manifest, pare
         privileged=any(
             (c.get("securityContext") or {}).get("privileged") is True for c in spec["containers"]
         ),
-        # The kubelet gives every sandbox the runtime's default profile (issue #84623).
+        # The kubelet gives every sandbox the runtime's default profile (kubernetes#84623).
         seccomp=api_pb2.SecurityProfile(profile_type=api_pb2.SecurityProfile.RuntimeDefault),
     )
     if pod_sc.get("runAsUser") is not None:
@@ -539,6 +542,38 @@ class SocketDirContainerd(Containerd):
         self.endpoint = f"unix://{self.socket}"
 
 
+# The test node has no cluster network: the pod's (and node's) address is loopback.
+NODE_IP = "127.0.0.1"
+
+
+def this_node(containerd: SocketDirContainerd) -> Node:
+    """This machine as the kubelet would describe it, with the node's directories the pod
+    mounts where a test node has them: its own containerd's, and a kubelet directory of
+    its own (no kubelet runs here)."""
+    host_paths = {
+        "/run/containerd": containerd.run_dir,
+        "/var/lib/kubelet": containerd.workdir / "kubelet-root",
+    }
+    return Node(node_name(), NODE_IP, host_paths)
+
+
+def cri_time(stamp: str) -> float:
+    """A CRI log line's RFC 3339 time (nanoseconds, which datetime cannot hold, cut)."""
+    head, dot, rest = stamp.partition(".")
+    if not dot:
+        return datetime.fromisoformat(head).timestamp()
+    digits = "".join(c for c in rest if c.isdigit())
+    zone = rest[len(digits) :]
+    return datetime.fromisoformat(f"{head}.{digits[:6]}{zone}").astimezone(UTC).timestamp()
+
+
+def seconds_to(containerd: Containerd, pod: AgentPod, stamp: str) -> float:
+    """From the container's start, as the runtime recorded it, to a line of its log."""
+    started_at = containerd.status(pod.container).started_at
+    assert started_at is not None
+    return cri_time(stamp) - started_at / 1e9
+
+
 # Where scripts/test puts the image it builds once for the host's and the VM's
 # DaemonSet tests (the repository goes into the VM whole, this included).
 BUILT_IMAGE = repo_root() / ".image" / "oomtrace.tar"
@@ -562,3 +597,55 @@ def node_with_image(archive: Path, *, systemd: bool = False) -> Iterator[SocketD
         yield daemon
     finally:
         daemon.close()
+
+
+# ---- the memory limit against the start-up -------------------------------------------
+
+
+def with_memory_limit(objects: list[Manifest], limit: str) -> list[Manifest]:
+    """The manifests with the agent's memory limit (and request, kept below it) changed."""
+    changed = copy.deepcopy(objects)
+    [container] = find(changed, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    resources = container["resources"]
+    resources["limits"]["memory"] = limit
+    if parse_quantity(resources["requests"]["memory"]) > parse_quantity(limit):
+        resources["requests"]["memory"] = limit
+    return changed
+
+
+def startup_under_limit(containerd: SocketDirContainerd, limit: str, timeout: float) -> str:
+    """The pod started with the page cache dropped (as on a node that has not run the
+    agent for a while: LLVM's and clang's pages are then read, and charged to the pod,
+    by the compiling child), and what became of it: seconds to `ready`, or why not."""
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    pod = run_daemonset_pod(
+        containerd, this_node(containerd), with_memory_limit(manifests(), limit)
+    )
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            ready = [stamp for stamp, e in pod.json_lines("stderr") if e.get("event") == "ready"]
+            if ready:
+                return f"{seconds_to(containerd, pod, ready[0]):.1f} s"
+            info = containerd.status(pod.container)
+            if info.state == "exited":
+                return f"exited (status {info.exit_code}): {pod.tail(1)}"
+            if time.monotonic() > end:
+                return f"not ready in {timeout:.0f} s"
+            time.sleep(0.1)
+    finally:
+        containerd.remove_pod(pod.pod)
+
+
+def main(argv: list[str]) -> int:
+    """python -m tests.containerd.daemonset IMAGE.tar LIMIT...: the DaemonSet's pod under
+    each memory limit (e.g. 96Mi), one line each, as docs/daemonset.md shows them."""
+    archive, limits = Path(argv[0]), argv[1:]
+    with node_with_image(archive) as containerd:
+        for limit in limits:
+            print(f"{limit}: {startup_under_limit(containerd, limit, 90.0)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

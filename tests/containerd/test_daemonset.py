@@ -18,18 +18,17 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.support.agent import AgentProcess, repo_root
+from tests.support.memcg import memory_root
 
 from .daemonset import (
     BUILT_IMAGE,
     AgentPod,
-    Node,
     SocketDirContainerd,
     cap_mask,
     find,
@@ -40,6 +39,8 @@ from .daemonset import (
     proc_status,
     rss_bytes,
     run_daemonset_pod,
+    seconds_to,
+    this_node,
 )
 from .harness import Containerd, memory_cgroup
 
@@ -52,8 +53,6 @@ MIB = 1 << 20
 HOG = ["sh", "-c", "dd if=/dev/zero of=/dev/null bs=100M; echo survived; sleep 600 & wait"]
 READY_TIMEOUT = 180.0
 FIGURES = Path(".test-results/daemonset.json")
-# The test node has no cluster network: the pod's (and node's) address is loopback.
-NODE_IP = "127.0.0.1"
 Event = dict[str, Any]
 
 
@@ -79,19 +78,20 @@ def image_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def node(image_archive: Path) -> Iterator[SocketDirContainerd]:
-    with node_with_image(image_archive) as daemon:
+def node(image_archive: Path, request: pytest.FixtureRequest) -> Iterator[SocketDirContainerd]:
+    """The containerd of the module's node: SYSTEMD in the module that runs the tests says
+    which cgroup driver (this machine's cgroupfs unless it says otherwise)."""
+    systemd = getattr(request.module, "SYSTEMD", False)
+    with node_with_image(image_archive, systemd=systemd) as daemon:
         yield daemon
 
 
 @pytest.fixture(scope="module")
-def figures() -> Iterator[dict[str, Any]]:
+def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """Figures of the module's run, written to its FIGURES file at the end."""
     found: dict[str, Any] = {}
     yield found
-    write_figures(FIGURES, found)
-
-
-def write_figures(path: Path, found: dict[str, Any]) -> None:
+    path = Path(request.module.FIGURES)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(found, indent=2, sort_keys=True) + "\n")
 
@@ -101,20 +101,11 @@ def agent_pod(node: SocketDirContainerd, figures: dict[str, Any]) -> Iterator[Ag
     """The DaemonSet's pod, running until `ready`; stopped at the end as the kubelet stops
     a pod (StopContainer with the pod's grace period), which the agent must survive with
     exit status 0."""
-    # The node's directories the pod mounts, where this test node has them: its own
-    # containerd's, and a kubelet directory of its own (this node runs no kubelet).
-    host_paths = {
-        "/run/containerd": node.run_dir,
-        "/var/lib/kubelet": node.workdir / "kubelet-root",
-    }
-    this_node = Node(node_name(), NODE_IP, host_paths)
     started = time.monotonic()
-    pod = run_daemonset_pod(node, this_node)
+    pod = run_daemonset_pod(node, this_node(node))
     stamp, _ready = pod.wait_log("ready", READY_TIMEOUT)
     figures["startup_wall_s"] = round(time.monotonic() - started, 2)
-    started_at = node.status(pod.container).started_at
-    assert started_at is not None
-    figures["startup_to_ready_s"] = round(_cri_time(stamp) - started_at / 1e9, 2)
+    figures["startup_to_ready_s"] = round(seconds_to(node, pod, stamp), 2)
     try:
         yield pod
     finally:
@@ -126,14 +117,16 @@ def agent_pod(node: SocketDirContainerd, figures: dict[str, Any]) -> Iterator[Ag
         node.remove_pod(pod.pod)
 
 
-def _cri_time(stamp: str) -> float:
-    """A CRI log line's RFC 3339 time (nanoseconds, which datetime cannot hold, cut)."""
-    head, dot, rest = stamp.partition(".")
-    if not dot:
-        return datetime.fromisoformat(head).timestamp()
-    digits = "".join(c for c in rest if c.isdigit())
-    zone = rest[len(digits) :]
-    return datetime.fromisoformat(f"{head}.{digits[:6]}{zone}").astimezone(UTC).timestamp()
+@pytest.fixture
+def agent_outside_a_pod(node: SocketDirContainerd) -> Iterator[tuple[str, int]]:
+    """The same agent as a plain process of this node, once ready: (how it runs, its pid).
+    This machine has no systemd; the VM's tests run it as a systemd service."""
+    outside = AgentProcess("--cri-endpoint", node.endpoint)
+    try:
+        outside.wait_ready()
+        yield "process", outside.proc.pid
+    finally:
+        assert outside.stop() == 0, outside.logs[-5:]
 
 
 def _agent_pid(node: Containerd, pod: AgentPod) -> int:
@@ -143,7 +136,7 @@ def _agent_pid(node: Containerd, pod: AgentPod) -> int:
 
 
 def test_the_pod_runs_with_the_manifests_privileges(
-    node: SocketDirContainerd, agent_pod: AgentPod
+    node: SocketDirContainerd, agent_pod: AgentPod, figures: dict[str, Any]
 ) -> None:
     """The runtime applied what the manifest asks: the two capabilities and no other, the
     runtime's seccomp filter, the node's pid and network namespaces, the limit."""
@@ -158,6 +151,10 @@ def test_the_pod_runs_with_the_manifests_privileges(
     for ns in ("pid", "net", "uts"):
         assert os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/self/ns/{ns}"), ns
     assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    # Not the manifest's to choose: the runtime gives a container that is not privileged a
+    # cgroup namespace of its own on cgroup v2, and the agent must work in either.
+    own_cgroupns = os.readlink(f"/proc/{pid}/ns/cgroup") != os.readlink("/proc/self/ns/cgroup")
+    figures["cgroup_namespace"] = "the pod's own" if own_cgroupns else "the node's"
     # The kubelet's oom_score_adj for a node-critical pod, -997, which the harness's
     # containerd raises to its own (restrict_oom_score_adj). The agent cannot lower it
     # further without CAP_SYS_RESOURCE, and says so.
@@ -165,6 +162,13 @@ def test_the_pod_runs_with_the_manifests_privileges(
     own = int(Path(f"/proc/{node.pid}/oom_score_adj").read_text())
     assert int(Path(f"/proc/{pid}/oom_score_adj").read_text()) == max(-997, own)
     assert any(e.get("event") == "oom_score_adj_unchanged" for e in agent_pod.logs())
+    # The node's memory hierarchy through the pod's /sys/fs/cgroup: the agent's own memcg
+    # is there under the path the node knows it by, as any victim's must be.
+    root, _version = memory_root()
+    memcg = memory_cgroup(pid).lstrip("/")
+    seen = Path(f"/proc/{pid}/root") / str(root).lstrip("/") / memcg
+    mounts = [x for x in Path(f"/proc/{pid}/mountinfo").read_text().splitlines() if "cgroup" in x]
+    assert seen.is_dir() and seen.stat().st_ino == (root / memcg).stat().st_ino, mounts
 
 
 def test_ready_with_every_source(agent_pod: AgentPod) -> None:
@@ -199,7 +203,7 @@ def test_liveness_probe_endpoint(agent_pod: AgentPod, figures: dict[str, Any]) -
 
 
 def test_workload_oom_in_the_agents_container_log(
-    node: SocketDirContainerd, agent_pod: AgentPod
+    node: SocketDirContainerd, agent_pod: AgentPod, figures: dict[str, Any]
 ) -> None:
     pod = node.run_pod("web-7d9", "shop", qos_class="Burstable")
     # The child alone is killed, as on a cgroup v2 node with singleProcessOOMKill.
@@ -215,6 +219,11 @@ def test_workload_oom_in_the_agents_container_log(
         assert time.monotonic() < end, f"no oom_kill of web in the agent's log: {agent_pod.tail()}"
         time.sleep(0.2)
     [event] = found
+    # The paths as the agent in the pod sees them (its own cgroup namespace on cgroup v2).
+    figures["oom_kill_paths"] = {
+        "victim": event["victim"]["cgroup"],
+        "memcg": event["oom"]["memcg"],
+    }
     k8s = event["victim"]["k8s"]
     assert (k8s["namespace"], k8s["pod"], k8s["container"]) == ("shop", "web-7d9", "web")
     assert k8s["pod_uid"] == pod.uid
@@ -232,7 +241,10 @@ def test_workload_oom_in_the_agents_container_log(
 
 
 def test_memory_next_to_the_agent_outside_a_pod(
-    node: SocketDirContainerd, agent_pod: AgentPod, figures: dict[str, Any]
+    node: SocketDirContainerd,
+    agent_pod: AgentPod,
+    figures: dict[str, Any],
+    agent_outside_a_pod: tuple[str, int],
 ) -> None:
     """RSS of the agent in the pod, within the manifest's memory request, and the same
     agent's RSS outside a pod. The pod's peak charge is recorded, not judged: it counts the
@@ -245,10 +257,7 @@ def test_memory_next_to_the_agent_outside_a_pod(
     figures["pod_memory_peak_mb"] = round(peak / 1e6, 1)
     requests = agent_pod.spec["containers"][0]["resources"]["requests"]
     assert rss < int(requests["memory"].removesuffix("Mi")) * MIB
-    outside = AgentProcess("--cri-endpoint", node.endpoint)
-    try:
-        outside.wait_ready()
-        time.sleep(2)
-        figures["host_rss_mb"] = round(rss_bytes(outside.proc.pid) / 1e6, 1)
-    finally:
-        assert outside.stop() == 0, outside.logs[-5:]
+    how, outside = agent_outside_a_pod
+    time.sleep(2)
+    figures["outside_a_pod"] = how
+    figures["outside_a_pod_rss_mb"] = round(rss_bytes(outside) / 1e6, 1)
