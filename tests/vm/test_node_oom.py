@@ -27,6 +27,11 @@ IDLE = "import sys, time\nb = b'x' * (64 << 20)\nprint('held', flush=True)\ntime
 # take long to exit, and a hog still growing meanwhile draws a second OOM, whose
 # victim is the hog itself. The kernel's SIGKILL stays in the group's shared
 # pending set (ShdPnd, bit 8) from the kill until the process is reaped.
+# Stopped at the brink, the node stays there: every page the others fault in
+# (the agents, containerd, page cache refaults) draws another OOM, and after the
+# spare the next victim is the hog, gone from /proc before the agent reads the
+# first OOM's holders. So the hog hands back 128 MiB (each 1 MiB bytearray is
+# its own mmap, freed at once) and stays the top holder by far.
 HOG_UNTIL = """
 import sys, time
 def alive(pid):
@@ -41,6 +46,7 @@ def alive(pid):
 x = []
 while alive(sys.argv[1]):
     x.append(bytearray(1 << 20))
+del x[-128:]
 time.sleep(600)
 """
 
