@@ -47,6 +47,16 @@ static __always_inline void *oomtrace_reserve(u32 size, u16 kind)
 	return hdr;
 }
 
+/*
+ * Written and read by the agent only, never by a program: they are declared
+ * here so that they live and are pinned with the ring buffer they describe
+ * (kernel/pins.py). A restarted agent reads `resume` to find where to start,
+ * and `reported` to leave out a kill the previous one had already written.
+ * LRU: a kill needs its entry only while its records can be read again.
+ */
+BPF_ARRAY(resume, struct oomtrace_resume, 1);
+BPF_TABLE("lru_hash", struct oomtrace_reported_key, u8, reported, OOMTRACE_REPORTED_MAX);
+
 /* The current task, as a role-neutral view copied into a record's fields. */
 struct oomtrace_task_view {
 	u32 tid;

@@ -16,6 +16,16 @@
 #ifndef OOMTRACE_H
 #define OOMTRACE_H
 
+/*
+ * The layout of everything an agent reads from a kernel side another agent
+ * loaded: the records below, the ring buffer they go to, and the maps pinned
+ * in bpffs (struct oomtrace_resume, struct oomtrace_reported_key). A restarted
+ * agent resumes pinned programs only when their layout version is its own, so
+ * any change to a struct in this file bumps it (tests/unit/test_layout_version.py
+ * fails until it is bumped).
+ */
+#define OOMTRACE_LAYOUT_VERSION 1
+
 #define OOMTRACE_COMM_LEN 16
 #define OOMTRACE_MEMCG_LEVELS 4 /* trigger's memcg and its nearest ancestors */
 #define OOMTRACE_CGROUP_PATH_LEN 512
@@ -218,6 +228,28 @@ struct oomtrace_oom_kill_rec {
 	__u32 pad0;
 	__u64 oom_memcg_usage_pages;
 	char victim_comm[OOMTRACE_COMM_LEN];
+};
+
+/*
+ * The one value of the pinned `resume` map, written by the agent only: where
+ * a later agent starts reading the ring buffer, and what this one already
+ * reported. A record before `commit` belongs to a kill that was reported or
+ * can no longer be; one at or after it may belong to a kill the agent had not
+ * finished when it stopped, so the next agent reads from here again (the
+ * kernel does not overwrite it: see kernel/pins.py).
+ */
+struct oomtrace_resume {
+	__u64 commit;           /* ring buffer position (bytes) to resume from */
+	__u64 realtime_ns;      /* CLOCK_REALTIME of the agent's last read */
+	__u64 lost_reported[OOMTRACE_REC_KINDS]; /* lost_records already reported */
+};
+
+/* Key of the pinned `reported` map: a kill already written out, by the
+ * ktime of the record that opened it and its victim thread. */
+struct oomtrace_reported_key {
+	__u64 ktime_ns;
+	__u32 victim_tid;
+	__u32 pad;
 };
 
 #endif /* OOMTRACE_H */

@@ -23,7 +23,7 @@ from oomtrace.kernel import features
 from oomtrace.kernel.features import KernelVocabulary
 from oomtrace.kernel.records import Argv, OomKillRecord, Task
 from oomtrace.runtimes import is_runtime
-from oomtrace.schema import SCHEMA, Event, utc_second
+from oomtrace.schema import SCHEMA, Event, rfc3339, utc_second
 from oomtrace.sigdefs import GENERATE_RESULTS, SIGKILL, code_name, kernel_generated, signal_name
 
 TOP_HOLDERS: Final = 5
@@ -66,6 +66,12 @@ class Clock:
         return f"{stamp}.{nanos:09d}Z"  # as schema.rfc3339
 
 
+RECOVERED_ERROR: Final = (
+    "recovered: recorded by the kernel while no agent was reading (an agent restart); "
+    "/proc was not read, so the fields it gives are null"
+)
+
+
 class EventBuilder:
     def __init__(
         self,
@@ -99,11 +105,35 @@ class EventBuilder:
         event["lost"] = {"source": source, "count": count, "by_kind": detail}
         return event
 
+    def gap(
+        self,
+        ktime_ns: int,
+        *,
+        start_ns: int | None,
+        end_ns: int,
+        unread: int | None,
+        reason: str,
+    ) -> Event:
+        """A time in which nothing was traced: ``start_ns`` and ``end_ns`` are
+        CLOCK_REALTIME (the earlier agent's record of when it last traced)."""
+        event = self.common("gap", ktime_ns)
+        event["gap"] = {
+            "from": rfc3339(start_ns) if start_ns else None,
+            "to": rfc3339(end_ns),
+            "unread_records": unread,
+            "reason": reason,
+        }
+        return event
+
     def kill(self, kill: Kill) -> Event:
         """The event of one kill, without its Kubernetes names and cause; its
         `enrichment.errors` say which fields could not be filled and why."""
         event = self.common(kill.kind, kill.ktime_ns)
+        event["recovered"] = kill.recovered
         errors: list[str] = []
+        if kill.recovered:
+            # Capture reads /proc when a record arrives; these arrived late.
+            errors.append(RECOVERED_ERROR)
         event["victim"] = self._victim(kill, errors)
         if kill.signal is not None:
             sig = kill.signal

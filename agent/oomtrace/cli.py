@@ -245,10 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--kubelet-config",
         type=_flag(configfile.file_path),
         metavar="PATH",
-        help="the kubelet's KubeletConfiguration file, whose memory eviction thresholds "
-        "(evictionHard, evictionSoft) node.memory is held against to tell an eviction from "
-        "another stop (default /var/lib/kubelet/config.yaml; read again when it changes; "
-        "missing or unreadable: no thresholds, with a warning)",
+        help="the kubelet's KubeletConfiguration file (its --config), whose memory eviction "
+        "thresholds (evictionHard, evictionSoft, e.g. memory.available<100Mi) node.memory is "
+        "held against, to tell an eviction from another stop (default "
+        "/var/lib/kubelet/config.yaml, where kubeadm writes it; read again when it changes; "
+        "absent at the default path, as on a node without a kubelet: no thresholds, said "
+        "once; unreadable or invalid: no thresholds, with a warning)",
     )
 
     tuning = parser.add_argument_group("kernel and tuning")
@@ -277,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         metavar="N",
         help="records held between the kernel reader and the pipeline (default 65536)",
+    )
+    parser.add_argument(
+        "--stop-tracing",
+        action="store_true",
+        help="remove the kernel side a service left pinned (/sys/fs/bpf/oomtrace), so "
+        "nothing stays attached, and exit; the service's stop runs it",
     )
     parser.add_argument("--ebpf", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"oomtrace {__version__}")
@@ -309,8 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         return config_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not (args.follow or args.duration or args.count or args.ebpf):
+    if not (args.follow or args.duration or args.count or args.ebpf or args.stop_tracing):
         parser.error("nothing to do: pass --follow to stream events (or --duration / --count)")
+    if args.stop_tracing:
+        from oomtrace import tracing
+
+        return tracing.stop_tracing_main(lambda: load_settings(args).settings)
     try:
         loaded = load_settings(args)
     except ConfigError as exc:

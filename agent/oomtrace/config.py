@@ -97,6 +97,15 @@ class Settings:
     ringbuf_pages: int = 1024
     queue_size: int = 65536
     stats_interval: float = 60.0
+    # The kernel side (pinned in bpffs) keeps recording after the service stops;
+    # a restart keeps it either way. Off: a stop really stops.
+    keep_tracing_when_stopped: bool = False
+    # Where the kernel side is pinned (a directory in bpffs); None: in
+    # /sys/fs/bpf/oomtrace when run as a systemd service, nowhere when run by
+    # hand (a run by hand must never take over the service's ring buffer).
+    pin_dir: Path | None = None
+    # Where the agent notes when it last traced.
+    state_dir: Path = Path("/var/lib/oomtrace")
     log_level: str = "info"
     log_format: str = "auto"
     cri_endpoint: str | None = None

@@ -80,12 +80,20 @@ def _optional_string(value: object) -> str | None:
     return _string(value) or None
 
 
+def _optional_path(value: object) -> Path | None:
+    return file_path(value) if _string(value) else None
+
+
 def file_path(value: object) -> Path:
     text = _string(value)
     if not text:
         raise ValueError("must be a file's path, not empty")
     if "\0" in text:
         raise ValueError("must be a file's path, without NUL")
+    # The agent runs from / under systemd and from anywhere by hand: a relative
+    # path would name a different file in each.
+    if not text.startswith("/"):
+        raise ValueError(f"{text} must be an absolute path")
     return Path(text)
 
 
@@ -227,6 +235,15 @@ KEYS: Final[dict[str, Key]] = {
         Key("ring_buffer_pages", "ringbuf_pages", _integer, _env_number(int), live=False),
         Key("record_queue_size", "queue_size", _integer, _env_number(int), live=False),
         Key("stats_interval", "stats_interval", _seconds, _env_number(float), live=False),
+        Key(
+            "keep_tracing_when_stopped",
+            "keep_tracing_when_stopped",
+            _boolean,
+            _env_bool,
+            live=False,
+        ),
+        Key("pin_dir", "pin_dir", _optional_path, _optional_path, live=False),
+        Key("state_dir", "state_dir", file_path, file_path, live=False),
         Key("log_level", "log_level", _string, str.strip, live=False),
         Key("log_format", "log_format", _string, str.strip, live=False),
         Key("cri_endpoint", "cri_endpoint", _optional_string, _optional_string, live=False),

@@ -127,6 +127,9 @@ class Kill:
     mark_evidence: Evidence = NO_EVIDENCE
     deliver_evidence: Evidence = NO_EVIDENCE
     exit_evidence: Evidence = NO_EVIDENCE
+    # Its records were written while no agent read them (an agent restart):
+    # nothing was read from /proc for it.
+    recovered: bool = False
 
     @property
     def victim(self) -> Task | None:
@@ -254,6 +257,11 @@ class Correlator:
 
     def pending_count(self) -> int:
         return len(self._pending)
+
+    def oldest_pending_ktime(self) -> int | None:
+        """When the oldest kill not yet released began: its records, and every
+        later one, are what a restarted agent would have to read again."""
+        return min((k.ktime_ns for k in self._pending.values()), default=None)
 
     def idle(self) -> bool:
         """Nothing waits for a deadline: tick() has nothing to do until a record comes."""

@@ -61,6 +61,13 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.gaps = Counter(
+            "oomtrace_gaps",
+            "Times nothing was traced (the agent stopped, a reboot, an upgrade that "
+            "changed the record layout), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.enrichment_errors = Counter(
             "oomtrace_enrichment_errors",
             "Facts an event could not be given (a process gone, the CRI unreachable...), "
@@ -108,6 +115,8 @@ class Metrics:
                     cause=event.get("cause") or UNKNOWN,
                     kind=stop.get("kind") or UNKNOWN,
                 ).inc()
+        elif kind == "gap":
+            self.gaps.labels(reason=(event.get("gap") or {}).get("reason") or UNKNOWN).inc()
         elif kind == "lost":
             lost = event.get("lost") or {}
             if lost.get("source") in RECORD_SOURCES:

@@ -29,7 +29,7 @@ from typing import Final
 
 from oomtrace import log
 from oomtrace.build import Clock, EventBuilder, kill_facts, with_verdict
-from oomtrace.capture import Capture
+from oomtrace.capture import NO_EVIDENCE, Capture
 from oomtrace.classify import Rules, classify
 from oomtrace.config import DEFAULT_KUBELET_CONFIG, Settings
 from oomtrace.correlate import Correlator, Kill
@@ -40,11 +40,13 @@ from oomtrace.host.cgroupfs import CgroupPaths
 from oomtrace.kernel import commands
 from oomtrace.kernel.features import KernelVocabulary
 from oomtrace.kernel.probes import Probes
-from oomtrace.kernel.records import KIND_NAMES, DecodeError, RecordDecoder
+from oomtrace.kernel.records import KIND_NAMES, CgroupRecord, DecodeError, RecordDecoder
 from oomtrace.kubernetes import KubernetesEnricher
 from oomtrace.nodefacts import NodeWatch
+from oomtrace.resume import KillKey, ResumePoint
 from oomtrace.schema import Cause, Event
 from oomtrace.sinks import Accounted, Sink
+from oomtrace.state import StateFile, gap_reason
 from oomtrace.stops import StopStep, busy_pods
 
 # While kills wait for their exit or window, deadlines are checked this often;
@@ -56,7 +58,12 @@ IDLE_TICK_S: Final = 0.5
 # long a stop request waits for it.
 POLL_MS: Final = 500
 LOST_CHECK_S: Final = 1.0
+# The longest the loop works through queued records before its periodic checks.
+BATCH_S: Final = 0.25
 CLOCK_RESYNC_S: Final = 60.0
+# How often the ring buffer position a restarted agent resumes from is stored
+# in the pinned `resume` map: one bpf(2) call each time.
+COMMIT_S: Final = 0.05
 
 
 @dataclass(slots=True)
@@ -69,6 +76,13 @@ class Counters:
     kernel_lost: int = 0
     pipeline_errors: int = 0
     sink_dropped: int = 0
+    # Kills whose records were written while no agent read them (a restart).
+    recovered: int = 0
+    # Kills a previous agent had written out, read again after its restart.
+    already_reported: int = 0
+    # Records the fresh programs wrote while the previous ones still traced.
+    overlap_skipped: int = 0
+    gaps: int = 0
 
 
 class EventFilter:
@@ -115,6 +129,8 @@ class Agent:
         vocabulary: KernelVocabulary | None = None,
         on_ready: Callable[[], None] | None = None,
         on_tick: Callable[[], None] | None = None,
+        on_stopping: Callable[[], None] | None = None,
+        state: StateFile | None = None,
     ) -> None:
         self.settings = settings
         self.probes = probes
@@ -142,23 +158,48 @@ class Agent:
         self.decoder = RecordDecoder()
         self.counters = Counters()
         self.stop_event = threading.Event()
-        self._queue: queue.Queue[bytes | ProcExit] = queue.Queue(maxsize=settings.queue_size)
+        self._queue: queue.Queue[tuple[bytes, int] | ProcExit] = queue.Queue(
+            maxsize=settings.queue_size
+        )
         self.exits = ExitWatcher(self._enqueue)
         self.exits.watched = self.correlator.watched_tgids
         self._reader = threading.Thread(target=self._read, name="ringbuf-reader", daemon=True)
         self._on_ready = on_ready
         # Called once per event-loop turn (sd_notify watchdog, SIGHUP reload).
         self._on_tick = on_tick
+        self._on_stopping = on_stopping
+        self._stop_signal: int | None = None
         self._lost_seen: dict[int, int] = {}
         self._errors_logged: set[str] = set()
         self.commands = probes.commands()
         self._commands_full_seen = 0
+        # What the kernel side held at start (kernel/probes.Resume); tests pass
+        # probes without it.
+        self.resume = getattr(probes, "resume", None)
+        self.pinned = bool(getattr(probes, "pinned", False))
+        self.state = state
+        self._started_ktime = self.resume.started_ktime if self.resume else 0
+        self._skip_before_ktime = self.resume.skip_before_ktime if self.resume else 0
+        if self.resume is not None:
+            self._lost_seen = dict(self.resume.lost_baseline)
+        # Set once reading starts, when the kernel side is pinned.
+        self.resume_point: ResumePoint | None = None
+        self._next_commit = 0.0
+        # The kill of the event _emit() is given, when it is one.
+        self._emitting_kill: KillKey | None = None
 
     # -- threads ---------------------------------------------------------------
 
-    def _enqueue(self, raw: bytes | ProcExit) -> None:
+    def _enqueue(self, raw: ProcExit) -> None:
         try:
             self._queue.put_nowait(raw)
+        except queue.Full:
+            self.counters.queue_dropped += 1
+
+    def _enqueue_record(self, raw: bytes) -> None:
+        """The ring buffer reader's callback: the record and where it ends."""
+        try:
+            self._queue.put_nowait((raw, self.probes.record_end()))
         except queue.Full:
             self.counters.queue_dropped += 1
 
@@ -167,8 +208,10 @@ class Agent:
             self.probes.poll(POLL_MS)
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
-        if signum is not None:
-            self.log.info("stopping", signal=signal.Signals(signum).name)
+        """Also a signal handler's: it only sets flags. A log line written here
+        could deadlock, since a handler runs between two bytecodes of the main
+        thread, which may be holding the log writer's lock just then."""
+        self._stop_signal = signum
         self.stop_event.set()
 
     def healthy(self) -> bool:
@@ -179,8 +222,7 @@ class Agent:
         self.paths.warm()
         if self.k8s is not None:
             self.k8s.start()
-        self.probes.open(self._enqueue)
-        self._reader.start()
+        self._start_reading()
         self.exits.start()
         # After the attach: an exec from now on is the kernel's to record.
         seeded = commands.seed(self.commands, procfs.all_pids()) if self.commands else None
@@ -193,7 +235,12 @@ class Agent:
             missing=plan.missing,
             kernel_headers="stub" if plan.kernel_source else "kernel",
             signals=sorted(self.settings.signals),
+            **self._resume_fields(),
         )
+        self._report_gaps()
+        if self.state is not None:
+            # From now on a start that finds no pins has a gap to report.
+            self.state.traced(pinned=self.pinned, force=True)
         if self._on_ready:
             self._on_ready()
         deadline = (
@@ -206,7 +253,7 @@ class Agent:
         next_stats = time.monotonic() + self.settings.stats_interval
         while not self.stop_event.is_set():
             idle = self.correlator.idle() and not self.stops.holding()
-            self._process_queue(timeout=IDLE_TICK_S if idle else TICK_S)
+            self._process_queue(timeout=IDLE_TICK_S if idle else TICK_S, budget_s=BATCH_S)
             self._emit_kills(self.correlator.tick(time.monotonic_ns()))
             if self.stops.holding():
                 self._emit_ready(self.stops.tick(time.monotonic_ns(), self._busy_pods()))
@@ -224,6 +271,11 @@ class Agent:
                 break
             if self.settings.count is not None and self.counters.events >= self.settings.count:
                 break
+            if now >= self._next_commit:
+                self._commit()
+                self._next_commit = now + COMMIT_S
+            if self.state is not None:
+                self.state.traced(pinned=self.pinned)
             if self._on_tick:
                 self._on_tick()
         self._shutdown()
@@ -231,9 +283,19 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.stop_event.set()
+        if self._stop_signal is not None:
+            self.log.info("stopping", signal=signal.Signals(self._stop_signal).name)
+        if self._on_stopping:
+            self._on_stopping()
         self.exits.stop()
         self._reader.join(timeout=2 * POLL_MS / 1000 + 1)
         self._process_queue(timeout=0)
+        # Before the drain: the kills it writes out unfinished are marked
+        # reported, and the next agent reads their records again (their exits,
+        # to come) without reporting them twice.
+        self._commit()
+        if self.state is not None:
+            self.state.traced(pinned=self.pinned, force=True)
         self._emit_kills(self.correlator.drain())
         self._emit_ready(self.stops.drain())
         self._check_lost()
@@ -246,22 +308,49 @@ class Agent:
 
     # -- pipeline --------------------------------------------------------------
 
-    def _process_queue(self, timeout: float) -> None:
+    def _process_queue(self, timeout: float, budget_s: float | None = None) -> None:
+        """Processes what is queued; with ``budget_s``, for at most that long, so
+        that the loop's periodic work (the watchdog's keepalive among it) goes on
+        while a resumed agent works through a backlog of thousands of records."""
         try:
             raw = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
             return
+        until = None if budget_s is None else time.monotonic() + budget_s
+        done = 0
         while True:
             self._process(raw)
+            done += 1
+            if until is not None and done % 64 == 0 and time.monotonic() >= until:
+                return
             try:
                 raw = self._queue.get_nowait()
             except queue.Empty:
                 return
 
-    def _process(self, raw: bytes | ProcExit) -> None:
-        if isinstance(raw, ProcExit):
-            self.correlator.on_proc_exit(raw)
+    def _start_reading(self) -> None:
+        if self.resume is not None and self.resume.previous is not None:
+            # Fresh programs replaced others of the same layout: what those wrote
+            # comes first, before the reader starts on the new ring buffer.
+            drained = self.probes.drain_previous(self._process_previous)
+            self.log.info("previous_ring_buffer_read", records=drained)
+        self.probes.open(self._enqueue_record)
+        if self.pinned:
+            peak = self.probes.ring_peak()
+            start = self.resume.commit if self.resume and self.resume.commit else 0
+            self.resume_point = ResumePoint(self.probes, start, peak[1] if peak else 0, self.sinks)
+        self._reader.start()
+
+    def _process_previous(self, raw: bytes) -> None:
+        self._process(raw, previous=True)
+
+    def _process(
+        self, item: bytes | tuple[bytes, int] | ProcExit, *, previous: bool = False
+    ) -> None:
+        if isinstance(item, ProcExit):
+            self.correlator.on_proc_exit(item)
             return
+        raw, end = item if isinstance(item, tuple) else (item, 0)
         self.counters.records += 1
         try:
             record = self.decoder.decode(raw)
@@ -269,8 +358,20 @@ class Agent:
             self.counters.decode_errors += 1
             self.log.warning("bad_record", error=str(exc))
             return
+        if end and self.resume_point is not None:
+            self.resume_point.read(record.ktime_ns, end)
+        if not previous and record.ktime_ns < self._skip_before_ktime:
+            # Also in the previous programs' ring buffer, read already.
+            self.counters.overlap_skipped += 1
+            return
+        if record.ktime_ns < self._started_ktime and not isinstance(record, CgroupRecord):
+            # Written while no agent read: what /proc says now is not what it
+            # said then (the processes are gone, their pids maybe reused).
+            evidence = NO_EVIDENCE
+        else:
+            evidence = self.capture.on_record(record)
         try:
-            self._emit_kills(self.correlator.feed(record, self.capture.on_record(record)))
+            self._emit_kills(self.correlator.feed(record, evidence))
         except Exception as exc:
             # One bad record must not stop the agent; say so once per kind of failure.
             self.counters.pipeline_errors += 1
@@ -282,6 +383,12 @@ class Agent:
     def _emit_kills(self, kills: list[Kill]) -> None:
         now = time.monotonic_ns()
         for kill in kills:
+            if kill.ktime_ns < self._started_ktime:
+                kill.recovered = True
+                if self.pinned and self.probes.was_reported(kill.ktime_ns, kill.victim_tid):
+                    self.counters.already_reported += 1
+                    continue
+                self.counters.recovered += 1
             event = self._enriched(kill)
             if event is not None:
                 busy = self._busy_pods() if event.get("stop") else set()
@@ -289,7 +396,57 @@ class Agent:
 
     def _emit_ready(self, ready: list[tuple[Event, Kill]]) -> None:
         for event, kill in ready:
-            self._emit(self._classified(event, kill))
+            classified = self._classified(event, kill)
+            self._emitting_kill = (kill.ktime_ns, kill.victim_tid)
+            self._emit(classified)
+
+    # -- restarts ----------------------------------------------------------------
+
+    def _commit(self) -> None:
+        if self.resume_point is not None:
+            self.resume_point.commit(
+                self.correlator.oldest_pending_ktime(), self.stops.holding(), self._lost_seen
+            )
+
+    def _resume_fields(self) -> dict[str, object]:
+        r = self.resume
+        if r is None:
+            return {}
+        return {
+            "pinned": r.pins is not None,
+            "resumed": r.resumed,
+            "backlog_records": r.backlog_records if r.resumed else None,
+            "backlog_bytes": r.backlog_bytes if r.resumed else None,
+            "reread_bytes": r.rewound_bytes if r.resumed else None,
+        }
+
+    def _report_gaps(self) -> None:
+        """Every time nothing was traced, as a `gap` event: a layout the agent
+        cannot read, or a start that found no kernel side after an earlier run."""
+        r = self.resume
+        previous = self.state.read() if self.state is not None else None
+        now_ns, now_k = time.time_ns(), time.monotonic_ns()
+        since = previous.last_traced_ns if previous is not None else None
+        gaps: list[tuple[int | None, int | None, str]] = []
+        if r is not None:
+            gaps += [(since, d.records, "layout_changed") for d in r.dropped]
+            if r.rewind_failed:
+                self.log.warning(
+                    "unfinished_kills_lost",
+                    reason="the kernel reused the ring buffer room of kills the previous "
+                    "agent had not written out",
+                )
+        carried = r is not None and (r.resumed or r.previous is not None or r.dropped)
+        if previous is not None and not carried:
+            reason = gap_reason(previous, resumed=False)
+            if reason is not None:
+                gaps.append((since, None, reason))
+        for start, unread, reason in gaps:
+            self.counters.gaps += 1
+            self._emit(
+                self.builder.gap(now_k, start_ns=start, end_ns=now_ns, unread=unread, reason=reason)
+            )
+            self.log.warning("gap", since=start, unread_records=unread, reason=reason)
 
     def _busy_pods(self) -> set[str]:
         return busy_pods(self.correlator.stopping())
@@ -313,7 +470,10 @@ class Agent:
         return None if event is None else self._classified(event, kill)
 
     def _emit(self, event: Event) -> None:
+        kill, self._emitting_kill = self._emitting_kill, None
         self.counters.events += 1
+        if self.resume_point is not None:
+            self.resume_point.emitted(kill)
         for sink in self.sinks:
             sink.emit(event)
 

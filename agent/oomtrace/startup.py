@@ -13,13 +13,16 @@ from oomtrace.config import ConfigError, Settings
 from oomtrace.cri.resolver import CriResolver
 from oomtrace.host import mountinfo
 from oomtrace.kernel import features
+from oomtrace.kernel import pins as pins_mod
 from oomtrace.kernel.probes import LoadError, Plan, Probes, assemble, plan
 from oomtrace.metrics import Metrics
 from oomtrace.notify import Notifier
 from oomtrace.pipeline import Agent
 from oomtrace.sinks import Sink
 from oomtrace.sinks.fanout import SinkSet
+from oomtrace.state import StateFile
 from oomtrace.systemd import Lifecycle
+from oomtrace.tracing import stop_tracing, under_service_manager
 from oomtrace.usage import EXIT_FAILURE, fail
 
 
@@ -136,8 +139,17 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
     lifecycle = Lifecycle(settings, sinks, notifier, reload or (lambda: settings))
     lifecycle.install_reload_handler()
     kernel, p = _plan(settings)
+    root = settings.pin_dir or (pins_mod.DEFAULT_ROOT if under_service_manager() else None)
+    state = StateFile(settings.state_dir)
+    if root is not None and not state.lock():
+        # Two agents on one ring buffer would each read half of it.
+        p.missing["pins"] = (
+            f"another agent holds {state.lock_path}; this one pins nothing and "
+            "ends its kernel side with it"
+        )
+        root = None
     try:
-        probes = Probes(p)
+        probes = Probes(p, pin_root=root)
     except LoadError as exc:
         fail(str(exc))
     if probes.compiler_output:
@@ -155,10 +167,17 @@ def run(settings: Settings, reload: Callable[[], Settings] | None = None) -> int
         vocabulary=kernel.vocabulary,
         on_ready=lifecycle.on_ready,
         on_tick=lifecycle.on_tick,
+        on_stopping=lifecycle.on_stopping,
+        state=state if root is not None else None,
     )
     lifecycle.attach(agent)
     try:
-        return agent.run()
+        status = agent.run()
     except Exception:
         logger.exception("agent_failed")
         return EXIT_FAILURE
+    if probes.pinned and not settings.keep_tracing_when_stopped and not under_service_manager():
+        # Run by hand: stopping it stops tracing. A service leaves that to its
+        # ExecStopPost=, which knows whether a restart follows.
+        stop_tracing(settings)
+    return status

@@ -53,7 +53,6 @@ class Lifecycle:
         self._reload_requested = True
 
     def on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.notifier.stopping()
         if self._agent is not None:
             self._agent.request_stop(signum, frame)
 
@@ -67,6 +66,9 @@ class Lifecycle:
     def on_ready(self) -> None:
         self.notifier.ready(self.status_line())
         self._next_status = time.monotonic() + STATUS_S
+
+    def on_stopping(self) -> None:
+        self.notifier.stopping()
 
     def on_tick(self) -> None:
         now = time.monotonic()

@@ -96,6 +96,7 @@ PREFIXES = (
     "MARK_VICTIM_",
     "INFO_",
     "ARGV_",
+    "LAYOUT_VERSION",
 )
 
 
@@ -123,6 +124,7 @@ def test_header_constants_equal_the_decoders() -> None:
         "ARGV_NONE",
         "ARGV_EXEC",
         "ARGV_PROC",
+        "LAYOUT_VERSION",
     ):
         assert expected in defined, expected
     for name, value in defined.items():

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import service as installed_service
 from tests.support.agent import AgentProcess
 
 # Where the pod tests' containerd listens (tests/vm/test_pods.py). The agents are
@@ -35,3 +36,15 @@ def agents() -> Iterator[dict[str, AgentProcess]]:
     finally:
         codes = {name: agent.stop() for name, agent in started.items()}
         assert codes == {"kprobe": 0, "tracepoint": 0}
+
+
+@pytest.fixture(scope="session")
+def service() -> Iterator[None]:
+    """oomtrace installed as the node's service (scripts/install) once for the
+    service tests (test_restart, then test_systemd, whose last test uninstalls
+    it); scripts/uninstall at the end whatever happens."""
+    installed_service.install()
+    try:
+        yield
+    finally:
+        installed_service.uninstall()

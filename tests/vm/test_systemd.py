@@ -7,56 +7,42 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.agent import repo_root
+from tests.support.service import (
+    CONFIG,
+    LOGS,
+    PINS,
+    PREFIX,
+    ROOT,
+    UNIT,
+    kill_sleepers,
+    oomtrace_programs,
+    run,
+    show,
+)
 from tests.support.shipper import Rsyslog, free_port
 from tests.support.wait import wait_until as _wait_until
 
 pytestmark = pytest.mark.vm
 
-ROOT = repo_root()
-PREFIX = Path("/opt/oomtrace")
-UNIT = Path("/etc/systemd/system/oomtrace.service")
-CONFIG = Path("/etc/oomtrace/oomtrace.toml")
-LOGS = Path("/var/log/oomtrace")
-WHEELHOUSE = Path("/opt/oomtrace-wheelhouse")
 HOG = "x = []\nwhile True:\n    x.append(bytearray(1 << 20))\n"
 MiB = 1 << 20
 Event = dict[str, Any]
 
 
-def run(
-    *cmd: str | Path, check: bool = True, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(c) for c in cmd], capture_output=True, text=True, check=False, timeout=timeout
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{cmd} exited {result.returncode}: {result.stdout}{result.stderr}")
-    return result
-
-
 # systemctl and journalctl are slow in the emulated VM: poll twice a second.
 wait_until = functools.partial(_wait_until, step=0.5)
-
-
-def show(*props: str) -> dict[str, str]:
-    out = run("systemctl", "show", "oomtrace", *(f"--property={p}" for p in props)).stdout
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def agent_lines(invocation: str | None = None) -> list[str]:
@@ -122,16 +108,6 @@ def hog_unit(limit: str = "50M") -> str:
     return f"/system.slice/{unit}.service"
 
 
-def kill_sleepers(count: int) -> set[int]:
-    pids = set()
-    for _ in range(count):
-        proc = subprocess.Popen(["sleep", "300"])
-        proc.kill()
-        proc.wait()
-        pids.add(proc.pid)
-    return pids
-
-
 def victims(lines: list[Event], pids: set[int]) -> set[int]:
     return {
         e["victim"]["pid"]
@@ -141,16 +117,8 @@ def victims(lines: list[Event], pids: set[int]) -> set[int]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def installed() -> Iterator[None]:
-    """scripts/install once for the module; scripts/uninstall whatever happens."""
-    # The VM has no network: the dependencies come from the wheels the box was
-    # built with. A node with internet runs plain `scripts/install`.
-    args = ["--wheelhouse", str(WHEELHOUSE)] if WHEELHOUSE.is_dir() else []
-    run(ROOT / "scripts/install", *args)
-    try:
-        yield
-    finally:
-        run(ROOT / "scripts/uninstall", "--purge", check=False)
+def installed(service: None) -> None:
+    """Installed by the session's `service` fixture; the last test uninstalls."""
 
 
 # -- install ------------------------------------------------------------------------
@@ -351,28 +319,6 @@ def test_stop_is_prompt() -> None:
     assert show("ActiveState", "Result") == {"ActiveState": "inactive", "Result": "success"}
 
 
-def test_watchdog_restarts_a_frozen_agent() -> None:
-    start()
-    before = show("MainPID", "NRestarts")
-    pid = int(before["MainPID"])
-    frozen = time.monotonic()
-    os.kill(pid, signal.SIGSTOP)
-
-    def restarted() -> bool:
-        now = show("MainPID", "ActiveState")
-        return now["MainPID"] not in ("0", str(pid)) and now["ActiveState"] == "active"
-
-    assert wait_until(restarted, 180, step=1)
-    took = time.monotonic() - frozen
-    after = show("MainPID", "NRestarts", "StatusText")
-    print(f"\nwatchdog: pid {pid} frozen, pid {after['MainPID']} active {took:.0f} s later")
-    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
-    assert after["StatusText"].startswith("tracing (")
-    journal = run("journalctl", "-u", "oomtrace", "--no-pager", "-o", "cat").stdout
-    assert "oomtrace.service: Watchdog timeout (limit 30s)!" in journal
-    stop()
-
-
 # -- bad configurations --------------------------------------------------------------------
 
 
@@ -438,8 +384,17 @@ def test_security_exposure_is_the_one_the_readme_records() -> None:
 
 
 def test_uninstall_removes_everything() -> None:
+    # Kept tracing while stopped: the pins outlive the stop, and only the
+    # uninstall takes them and the programs they hold attached.
+    others = oomtrace_programs()
+    write_config(default_config() + "keep_tracing_when_stopped = true\n")
     start()
+    stop()
+    assert PINS.is_dir() and any(PINS.iterdir())
+    assert oomtrace_programs() - others
     run(ROOT / "scripts/uninstall")
+    assert not PINS.exists()
+    assert not oomtrace_programs() - others
     assert not PREFIX.exists()
     assert not UNIT.exists()
     assert not CONFIG.exists()

@@ -32,12 +32,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
+from oomtrace.kernel import records
+from oomtrace.kernel.syscalls import NR_BPF, bpf_call
+
 # bpf(2) commands (include/uapi/linux/bpf.h)
 BPF_MAP_LOOKUP_ELEM: Final = 1
 BPF_MAP_UPDATE_ELEM: Final = 2
 BPF_OBJ_GET_INFO_BY_FD: Final = 15
-NR_BPF: Final = {"x86_64": 321, "aarch64": 280}
-_NR_BPF: Final = NR_BPF.get(os.uname().machine)
 
 # The ring buffer's record header: u32 length with these two flags, u32 page offset.
 RINGBUF_BUSY: Final = 1 << 31
@@ -46,6 +47,8 @@ RINGBUF_HDR: Final = 8
 PAGE: Final = mmap.PAGESIZE  # mmap offsets and the ring buffer layout are in these
 
 MAPS: Final = ("events", "lost_records", "traced_signals")
+# Only the agent reads and writes them, for the next agent (kernel/pins.py).
+PINNED_MAPS: Final = ("resume", "reported")
 # Present only when their program is loaded (commands.bpf.c).
 OPTIONAL_MAPS: Final = ("commands", "commands_full")
 BPF_NOEXIST: Final = 1  # BPF_MAP_UPDATE_ELEM flag: only insert, never replace
@@ -66,7 +69,7 @@ class HandoverError(RuntimeError):
 
 def supported() -> bool:
     """Whether this process can drive handed-over maps (bpf(2) is a raw syscall here)."""
-    return _NR_BPF is not None and bool(sys.executable)
+    return NR_BPF is not None and bool(sys.executable)
 
 
 # -- compiling with bcc ---------------------------------------------------------
@@ -129,8 +132,62 @@ class Compiled:
                 # The kernel may refuse (e.g. the symbol is on its kprobe blacklist).
                 self.kprobe_error = f"attaching to {kprobe_symbol} failed: {exc}"
 
+    def relink(self, tracefs: Path | None, kprobe_symbol: str | None) -> dict[str, str]:
+        """Turns bcc's perf-event attachments into BPF links (kernel/links.py),
+        which can be pinned to outlive the agent. bcc's attachment of a hook is
+        closed just before its link is made, so for a few microseconds the hook
+        is not traced: this runs only at a fresh load, never while a previous
+        agent's programs are the ones tracing. A hook the kernel cannot link
+        (BPF_LINK_CREATE on perf events needs v5.15) keeps bcc's attachment and
+        is returned with the reason; it ends with the agent."""
+        from oomtrace.kernel import links
+
+        self.links: dict[str, int] = {}
+        unlinked: dict[str, str] = {}
+        if tracefs is not None:
+            for tp in list(self.bpf.tracepoint_fds):
+                hook = _text(tp)
+                fn = self.bpf.funcs[b"tracepoint__" + _text(tp).replace(":", "__").encode()]
+                try:
+                    perf = links.tracepoint_event(tracefs, hook)
+                except OSError as exc:
+                    unlinked[hook] = f"perf_event_open: {exc}"
+                    continue
+                try:
+                    self.bpf.detach_tracepoint(tp)
+                    self.links[hook] = links.link_perf_event(fn.fd, perf)
+                except OSError as exc:
+                    unlinked[hook] = f"BPF_LINK_CREATE on a perf event: {exc.strerror}"
+                    if tp not in self.bpf.tracepoint_fds:
+                        self.bpf.attach_tracepoint(tp=tp, fn_name=fn.name)
+                finally:
+                    os.close(perf)
+        # BPF_RAW_TRACEPOINT_OPEN's fd is a link already.
+        for tp, fd in self.bpf.raw_tracepoint_fds.items():
+            self.links[f"raw_tracepoint:{_text(tp)}"] = fd
+        if kprobe_symbol is not None and self.kprobe_error is None:
+            hook = f"kprobe:{kprobe_symbol}"
+            fn = self.bpf.funcs[b"oomtrace_oom_kill_process"]
+            try:
+                perf = links.kprobe_event(kprobe_symbol)
+            except OSError as exc:
+                unlinked[hook] = f"perf_event_open: {exc}"
+            else:
+                try:
+                    self.bpf.detach_kprobe(event=kprobe_symbol, fn_name=fn.name)
+                    self.links[hook] = links.link_perf_event(fn.fd, perf)
+                except OSError as exc:
+                    unlinked[hook] = f"BPF_LINK_CREATE on a perf event: {exc.strerror}"
+                    if not self.bpf.kprobe_fds:
+                        self.bpf.attach_kprobe(event=kprobe_symbol, fn_name=fn.name)
+                finally:
+                    os.close(perf)
+        return unlinked
+
     def handover_fds(self, maps: tuple[str, ...]) -> tuple[list[int], list[str]]:
-        """The fds that hold the maps and keep each program attached, with names."""
+        """The fds that hold the maps and keep each program attached, with names:
+        "map:NAME", "link:HOOK" for a BPF link (pinnable), "perf:HOOK" for an
+        attachment only an open perf event holds."""
         fds: list[int] = []
         names: list[str] = []
         for name in maps:
@@ -142,13 +199,18 @@ class Compiled:
                 raise
             names.append(f"map:{name}")
             fds.append(fd)
+        linked = getattr(self, "links", {})
+        for hook, fd in linked.items():
+            names.append(f"link:{hook}")
+            fds.append(fd)
         for table in (self.bpf.tracepoint_fds, self.bpf.raw_tracepoint_fds):
             for hook, fd in table.items():
-                names.append(f"link:{_text(hook)}")
-                fds.append(fd)
+                if fd not in linked.values():
+                    names.append(f"perf:{_text(hook)}")
+                    fds.append(fd)
         for event, by_fn in self.bpf.kprobe_fds.items():
             for fn, fd in by_fn.items():
-                names.append(f"link:{_text(event)}:{_text(fn)}")
+                names.append(f"perf:{_text(event)}:{_text(fn)}")
                 fds.append(fd)
         return fds, names
 
@@ -198,11 +260,16 @@ def child_main(sock_fd: int) -> None:
         compiled = Compiled(
             request["text"], Path(source) if source else None, request["kprobe_symbol"]
         )
-        fds, names = compiled.handover_fds(MAPS + OPTIONAL_MAPS)
+        unlinked: dict[str, str] = {}
+        if request.get("link"):
+            tracefs = request.get("tracefs")
+            unlinked = compiled.relink(Path(tracefs) if tracefs else None, request["kprobe_symbol"])
+        fds, names = compiled.handover_fds(MAPS + OPTIONAL_MAPS + PINNED_MAPS)
         meta = {
             "names": names,
             "compiler_output": compiled.compiler_output,
             "kprobe_error": compiled.kprobe_error,
+            "unlinked": unlinked,
         }
         socket.send_fds(sock, [json.dumps(meta).encode()], fds)
     except BaseException as exc:
@@ -226,10 +293,16 @@ def _read_all(sock: socket.socket) -> bytes:
 
 
 def load_in_child(
-    text: str, kernel_source: Path | None, kprobe_symbol: str | None
+    text: str,
+    kernel_source: Path | None,
+    kprobe_symbol: str | None,
+    *,
+    tracefs: Path | None = None,
+    link: bool = False,
 ) -> tuple[dict[str, int], dict[str, Any]]:
     """Runs the child; returns the fds by name ("map:events", "link:...") and what it
-    said (compiler_output, kprobe_error). Raises HandoverError."""
+    said (compiler_output, kprobe_error, unlinked). ``link``: attach with BPF links,
+    to be pinned. Raises HandoverError."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # The directory that holds the oomtrace package: this file is oomtrace/kernel/loader.py.
     package_root = str(Path(__file__).resolve().parents[2])
@@ -255,7 +328,13 @@ def load_in_child(
         finally:
             child.close()
         try:
-            request = {"text": text, "kernel_source": kernel_source, "kprobe_symbol": kprobe_symbol}
+            request = {
+                "text": text,
+                "kernel_source": kernel_source,
+                "kprobe_symbol": kprobe_symbol,
+                "tracefs": tracefs,
+                "link": link,
+            }
             parent.sendall(json.dumps(request, default=str).encode())
             parent.shutdown(socket.SHUT_WR)
             parent.settimeout(CHILD_TIMEOUT_S)
@@ -331,23 +410,8 @@ class MapInfo(ctypes.Structure):
     )
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
 def _bpf(cmd: int, attr: ctypes.Structure) -> None:
-    if _NR_BPF is None:
-        raise HandoverError(f"bpf(2) has no known syscall number on {os.uname().machine}")
-    # syscall(2) is variadic and reads longs: pass longs, not C ints.
-    ret = _libc.syscall(
-        ctypes.c_long(_NR_BPF),
-        ctypes.c_long(cmd),
-        ctypes.c_void_p(ctypes.addressof(attr)),
-        ctypes.c_long(ctypes.sizeof(attr)),
-    )
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    bpf_call(cmd, attr)
 
 
 def map_info(fd: int) -> MapInfo:
@@ -460,6 +524,51 @@ class RingBuffer:
         self._producer_pos = memoryview(self._data).cast("Q")
         # Record headers: u32 words, 8-byte aligned in the data pages.
         self._words = memoryview(self._data).cast("I")
+        # The position just past the record being handed to the callback: what
+        # the agent may commit once that record's kill is written out.
+        self.record_end = self._consumer_pos[0]
+
+    @property
+    def consumer(self) -> int:
+        return int(self._consumer_pos[0])
+
+    @property
+    def producer(self) -> int:
+        return int(self._producer_pos[0])
+
+    def rewind(self, to: int) -> bool:
+        """Moves the consumer position back to ``to``, so the records from there on
+        are read again, when the kernel has not yet reused their room. The kernel
+        reserves only while producer - consumer stays within the ring, so once
+        the consumer is back at ``to`` nothing past ``to + size`` can be written;
+        a producer beyond that after the move means it was reused before."""
+        cons = self._consumer_pos[0]
+        if to >= cons:
+            return to == cons
+        if self._producer_pos[0] - to > self.size:
+            return False
+        self._consumer_pos[0] = to
+        if self._producer_pos[0] - to > self.size:
+            self._consumer_pos[0] = cons
+            return False
+        self.record_end = to
+        return True
+
+    def unread(self) -> tuple[int, int]:
+        """(records, bytes) between the consumer and the producer, counted from
+        the ring's own headers: this needs no knowledge of the records' layout.
+        A record still being written (busy) counts as one."""
+        cons, prod = self._consumer_pos[0], self._producer_pos[0]
+        records = 0
+        at = cons
+        while at < prod:
+            head = self._words[(PAGE + (at & self.mask)) // 4]
+            if not head & RINGBUF_DISCARD:
+                records += 1
+            if head & RINGBUF_BUSY:
+                break
+            at += ((head & ~(RINGBUF_BUSY | RINGBUF_DISCARD)) + RINGBUF_HDR + 7) & ~7
+        return records, prod - cons
 
     def consume(self, callback: RawCallback) -> int:
         data, words = self._data, self._words
@@ -477,10 +586,11 @@ class RingBuffer:
                     # Reserved but not yet committed: the commit wakes epoll again.
                     return done
                 length = head & ~(RINGBUF_BUSY | RINGBUF_DISCARD)
+                cons += (length + RINGBUF_HDR + 7) & ~7
                 if not head & RINGBUF_DISCARD:
+                    self.record_end = cons
                     callback(data[at + RINGBUF_HDR : at + RINGBUF_HDR + length])
                     done += 1
-                cons += (length + RINGBUF_HDR + 7) & ~7
                 # Released record by record, so the kernel can reuse the room at once.
                 self._consumer_pos[0] = cons
 
@@ -519,6 +629,53 @@ class Handed:
             self.close()
             raise HandoverError(f"the handed-over maps cannot be used: {exc}") from exc
         self._callback: RawCallback | None = None
+        # Hooks attached without a link (an older kernel): they end with the agent.
+        self.unlinked: dict[str, str] = meta.get("unlinked") or {}
+        resume, reported = fds.get("map:resume"), fds.get("map:reported")
+        self._resume = BpfMap(resume) if resume is not None else None
+        self._reported = reported
+
+    @property
+    def ring(self) -> RingBuffer:
+        return self._ring
+
+    def read_resume(self) -> records.RawResume | None:
+        if self._resume is None:
+            return None
+        return records.RawResume.from_buffer_copy(self._resume.lookup(0))
+
+    def write_resume(self, value: records.RawResume) -> None:
+        if self._resume is not None:
+            self._resume.update(0, bytes(value))
+
+    def mark_reported(self, ktime_ns: int, tid: int) -> None:
+        if self._reported is not None:
+            key = records.RawReportedKey(ktime_ns=ktime_ns, victim_tid=tid)
+            one = ctypes.c_uint8(1)
+            _bpf(
+                BPF_MAP_UPDATE_ELEM,
+                _ElemAttr(
+                    map_fd=self._reported, key=ctypes.addressof(key), value=ctypes.addressof(one)
+                ),
+            )
+
+    def was_reported(self, ktime_ns: int, tid: int) -> bool:
+        if self._reported is None:
+            return False
+        key = records.RawReportedKey(ktime_ns=ktime_ns, victim_tid=tid)
+        value = ctypes.c_uint8(0)
+        try:
+            _bpf(
+                BPF_MAP_LOOKUP_ELEM,
+                _ElemAttr(
+                    map_fd=self._reported, key=ctypes.addressof(key), value=ctypes.addressof(value)
+                ),
+            )
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
 
     def set_masks(self, traced: int, stop: int) -> None:
         # struct oomtrace_signal_masks (records.RawSignalMasks)

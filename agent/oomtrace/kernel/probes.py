@@ -9,13 +9,16 @@ record kinds it writes (oomtrace.kernel.records.RECORD_KINDS).
 
 from __future__ import annotations
 
+import os
 import struct
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
 from oomtrace.host.procfs import PAGE_SIZE
 from oomtrace.kernel import loader, records
+from oomtrace.kernel import pins as pins_mod
 from oomtrace.kernel.features import COMMANDS_HOOKS, KernelFeatures, find_symbol
 from oomtrace.kernel.loader import Compiled, RawCallback
 from oomtrace.kernel.records import PENDING_KILLS_MAX, REC_DELIVER, REC_KINDS
@@ -72,6 +75,10 @@ COMMANDS_PROGRAM: Final = Program(
 ARGV_MAX: Final = 32768
 
 DEFAULT_RINGBUF_PAGES: Final = 1024
+# Kills already written out, kept for a restarted agent (bpf/common.bpf.h):
+# it reads again only the records of kills the previous agent left unfinished,
+# seconds' worth, and this holds 16 s of a 1 000 kills/s storm.
+REPORTED_MAX: Final = 16384
 DELIVER_HOOK: Final = records.BY_CODE[REC_DELIVER].hooks[0]
 
 
@@ -90,6 +97,7 @@ class Plan:
     kernel_source: Path | None = None  # BCC_KERNEL_SOURCE, when the kernel has no headers
     kprobe_symbol: str | None = None
     requested_tier: str = "auto"
+    tracefs: Path | None = None  # where the tracepoints' ids are read, to link them
 
     @property
     def hooks(self) -> list[str]:
@@ -117,6 +125,7 @@ def plan(
     defines = {
         "OOMTRACE_RINGBUF_PAGES": str(ringbuf_pages),
         "OOMTRACE_PENDING_MAX": str(PENDING_KILLS_MAX),
+        "OOMTRACE_REPORTED_MAX": str(REPORTED_MAX),
         "PAGE_SIZE": f"{PAGE_SIZE}UL",
     }
     missing: dict[str, str] = {}
@@ -188,6 +197,7 @@ def plan(
         kernel_source=None if features.headers else bpf_dir() / "include",
         kprobe_symbol=kprobe_symbol,
         requested_tier=tier,
+        tracefs=features.tracefs,
     )
 
 
@@ -285,19 +295,69 @@ def assemble(p: Plan) -> str:
     return "\n".join(parts)
 
 
+@dataclass(slots=True)
+class Dropped:
+    """Another layout version's ring buffer, removed unread: a gap."""
+
+    layout: int
+    records: int
+    bytes: int
+
+
+@dataclass(slots=True)
+class Resume:
+    """What the kernel side held when this agent started."""
+
+    # The pins this agent keeps its kernel side in; None when not pinned.
+    pins: pins_mod.PinSet | None = None
+    # The programs were a previous agent's, still attached: read on.
+    resumed: bool = False
+    # Where reading started (ring buffer position), and what waited there.
+    commit: int | None = None
+    backlog_records: int = 0
+    backlog_bytes: int = 0
+    # Records of kills the previous agent had not finished, read again.
+    rewound_bytes: int = 0
+    # The previous agent's unfinished kills whose records the kernel had reused.
+    rewind_failed: bool = False
+    lost_baseline: dict[int, int] = field(default_factory=dict)
+    # Same layout, other programs: their ring buffer, read to its end first.
+    previous: loader.Handed | None = None
+    previous_pins: pins_mod.PinSet | None = None
+    # Records in this ring buffer older than this are also in `previous`'s.
+    skip_before_ktime: int = 0
+    dropped: list[Dropped] = field(default_factory=list)
+    # CLOCK_MONOTONIC when this agent began: an older record was written while
+    # no agent read it.
+    started_ktime: int = 0
+
+
 class Probes:
     """The loaded programs: a ring buffer to poll and counters to read.
 
     By default a short-lived child compiles and attaches them and hands the kernel
     objects over (oomtrace.kernel.loader), so that LLVM never weighs on the agent;
     ``in_process`` compiles here instead, keeping bcc and LLVM mapped.
+
+    With ``pin_root`` (kernel/pins.py) the maps and links are pinned there, and
+    programs a previous agent pinned are resumed instead of compiled when they
+    are exactly the ones this agent would load.
     """
 
-    def __init__(self, p: Plan, *, in_process: bool = False) -> None:
+    def __init__(self, p: Plan, *, in_process: bool = False, pin_root: Path | None = None) -> None:
         self.plan = p
         text = assemble(p)
+        self.resume = Resume(started_ktime=time.monotonic_ns())
         self.backend: Compiled | loader.Handed
-        if in_process or not loader.supported():
+        pinnable = pin_root is not None and not in_process and loader.supported()
+        if pin_root is not None and pinnable:
+            problem = pins_mod.bpffs_problem(pin_root)
+            if problem is not None:
+                p.missing["pins"] = f"{problem}; {NOT_PINNED}"
+                pinnable = False
+        if pin_root is not None and pinnable:
+            self.backend = self._load_pinned(p, text, pin_root)
+        elif in_process or not loader.supported():
             self.backend = Compiled(text, p.kernel_source, p.kprobe_symbol)
         else:
             try:
@@ -309,6 +369,160 @@ class Probes:
         if self.backend.kprobe_error is not None:
             self._kprobe_failed(p, self.backend.kprobe_error)
         self.backend.set_masks(signal_mask(p.signals), signal_mask(p.stop_signals))
+
+    # -- pins --------------------------------------------------------------------
+
+    def _load_pinned(self, p: Plan, text: str, root: Path) -> loader.Handed:
+        programs = pins_mod.digest(text, p.kprobe_symbol)
+        sets = pins_mod.find(root)
+        mine = next(
+            (s for s in sets if s.layout == records.LAYOUT_VERSION and s.digest == programs),
+            None,
+        )
+        if mine is not None:
+            resumed = self._open_pinned(p, mine)
+            if resumed is not None:
+                for other in sets:
+                    if other != mine:
+                        self._retire(other, keep_reading=False)
+                return resumed
+            pins_mod.remove(mine)
+            sets.remove(mine)
+        try:
+            fds, meta = loader.load_in_child(
+                text, p.kernel_source, p.kprobe_symbol, tracefs=p.tracefs, link=True
+            )
+            backend = loader.Handed(fds, meta)
+        except loader.HandoverError as exc:
+            raise LoadError(str(exc)) from exc
+        for hook, reason in backend.unlinked.items():
+            p.missing[f"pin {hook}"] = f"{reason}; {NOT_PINNED}"
+        try:
+            self.resume.pins = pins_mod.pin(root, backend.fds, programs)
+        except pins_mod.PinError as exc:
+            p.missing["pins"] = f"{exc}; {NOT_PINNED}"
+        # The new programs are attached: the old ones can go, and what they wrote
+        # is read first (same layout) or counted (another layout).
+        for old in sets:
+            self._retire(old, keep_reading=old.layout == records.LAYOUT_VERSION)
+        self.resume.skip_before_ktime = time.monotonic_ns() if self.resume.previous else 0
+        return backend
+
+    def _open_pinned(self, p: Plan, pinned: pins_mod.PinSet) -> loader.Handed | None:
+        try:
+            backend = loader.Handed(pins_mod.open_maps(pinned), {})
+        except (pins_mod.PinError, loader.HandoverError):
+            return None
+        hooks = pins_mod.linked(pinned)
+        if not hooks:
+            backend.close()
+            return None
+        r = self.resume
+        r.pins, r.resumed = pinned, True
+        kprobe = pins_mod.entry_name(f"link:kprobe:{p.kprobe_symbol}")
+        if p.kprobe_symbol is not None and kprobe not in hooks:
+            backend.kprobe_error = "the pinned programs have no kprobe link"
+        self._resume_ring(backend, r)
+        return backend
+
+    @staticmethod
+    def _resume_ring(backend: loader.Handed, r: Resume) -> None:
+        """Reads again from the previous agent's commit: the records of the kills
+        it had not written out yet."""
+        saved = backend.read_resume()
+        ring = backend.ring
+        before = ring.consumer
+        if saved is not None:
+            r.lost_baseline = {k: int(v) for k, v in enumerate(saved.lost_reported) if v}
+            if saved.commit and saved.commit < before:
+                if ring.rewind(saved.commit):
+                    r.rewound_bytes = before - saved.commit
+                else:
+                    r.rewind_failed = True
+        r.commit = ring.consumer
+        r.backlog_records, r.backlog_bytes = ring.unread()
+
+    def _retire(self, old: pins_mod.PinSet, *, keep_reading: bool) -> None:
+        """Detaches a pin set's programs; reads its ring buffer to its end first
+        (kept as `previous`) when its layout is this agent's, else counts it."""
+        try:
+            fds = pins_mod.open_maps(old)
+        except pins_mod.PinError:
+            fds = {}
+        # Without their pins and these fds, the old links go and their programs
+        # are detached: from here the old ring buffer only shrinks.
+        for name in [n for n in fds if n.startswith("link:")]:
+            os.close(fds.pop(name))
+        pins_mod.unlink_programs(old)
+        if keep_reading and self.resume.previous is None and "map:events" in fds:
+            try:
+                previous = loader.Handed(fds, {})
+            except loader.HandoverError:
+                pass
+            else:
+                self._resume_ring(previous, Resume())
+                self.resume.previous, self.resume.previous_pins = previous, old
+                return
+        events = fds.get("map:events")
+        if events is not None:
+            try:
+                ring = loader.RingBuffer(events)
+                count, size = ring.unread()
+                ring.close()
+            except OSError:
+                count, size = 0, 0
+            self.resume.dropped.append(Dropped(old.layout, count, size))
+        for fd in fds.values():
+            os.close(fd)
+        pins_mod.remove(old)
+
+    def drain_previous(self, callback: RawCallback) -> int:
+        """Reads the previous programs' ring buffer to its end (they are detached),
+        then removes their pins; how many records."""
+        r = self.resume
+        if r.previous is None:
+            return 0
+        done = r.previous.ring.consume(callback)
+        # Its maps stay open until close(): kills read from it may still be
+        # checked against its `reported` map when they complete.
+        if r.previous_pins is not None:
+            pins_mod.remove(r.previous_pins)
+        r.previous_pins = None
+        return done
+
+    @property
+    def pinned(self) -> bool:
+        return self.resume.pins is not None
+
+    def record_end(self) -> int:
+        """The ring buffer position past the record being handed to the callback."""
+        if isinstance(self.backend, loader.Handed):
+            return self.backend.ring.record_end
+        return 0
+
+    def commit(self, position: int, lost_reported: dict[int, int]) -> None:
+        """Tells the next agent where to start reading: every kill whose records
+        lie before ``position`` is written out."""
+        if not self.pinned or not isinstance(self.backend, loader.Handed):
+            return
+        value = records.RawResume(commit=position, realtime_ns=time.time_ns())
+        for kind, count in lost_reported.items():
+            if 0 <= kind < records.REC_KINDS:
+                value.lost_reported[kind] = count
+        self.backend.write_resume(value)
+
+    def mark_reported(self, ktime_ns: int, tid: int) -> None:
+        if self.pinned and isinstance(self.backend, loader.Handed):
+            self.backend.mark_reported(ktime_ns, tid)
+
+    def was_reported(self, ktime_ns: int, tid: int) -> bool:
+        """Whether a previous agent already wrote this kill out."""
+        for backend in (self.backend, self.resume.previous):
+            if isinstance(backend, loader.Handed) and backend.was_reported(ktime_ns, tid):
+                return True
+        return False
+
+    # -- the programs ------------------------------------------------------------
 
     def _kprobe_failed(self, p: Plan, error: str) -> None:
         if p.requested_tier == "kprobe":
@@ -341,3 +555,8 @@ class Probes:
 
     def close(self) -> None:
         self.backend.close()
+        if self.resume.previous is not None:
+            self.resume.previous.close()
+
+
+NOT_PINNED: Final = "the kernel side ends with the agent: a restart's window is reported as a gap"

@@ -34,6 +34,8 @@ REC_EXIT: Final = 4
 REC_CGROUP_MKDIR: Final = 5
 REC_OOM_KILL: Final = 6
 REC_KINDS: Final = 8
+# OOMTRACE_LAYOUT_VERSION: pinned programs of another version are not resumed.
+LAYOUT_VERSION: Final = 1
 
 # Kills followed at once, from their signal to their exit: the size of the BPF
 # programs' maps of pending kills and the correlator's bound alike, so that the
@@ -107,6 +109,22 @@ class RawSignalMasks(ctypes.Structure):
     """The traced_signals map's value: traced signals, and stop signals to follow."""
 
     _fields_ = [("traced", _u64), ("stop", _u64)]
+
+
+class RawResume(ctypes.Structure):
+    """The pinned `resume` map's value (struct oomtrace_resume)."""
+
+    _fields_ = [
+        ("commit", _u64),
+        ("realtime_ns", _u64),
+        ("lost_reported", _u64 * REC_KINDS),
+    ]
+
+
+class RawReportedKey(ctypes.Structure):
+    """The pinned `reported` map's key (struct oomtrace_reported_key)."""
+
+    _fields_ = [("ktime_ns", _u64), ("victim_tid", _u32), ("pad", _u32)]
 
 
 class RawSignal(ctypes.Structure):
@@ -666,6 +684,8 @@ MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
 MAP_MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
     "oomtrace_argv": RawArgv,
     "oomtrace_signal_masks": RawSignalMasks,
+    "oomtrace_resume": RawResume,
+    "oomtrace_reported_key": RawReportedKey,
 }
 # (mirror, builder) by code, the shape bench/hotpath.py's struct-based decoder reads.
 _DECODERS: Final[dict[int, tuple[type[ctypes.Structure], Callable[[Any], Record]]]] = {

@@ -12,6 +12,7 @@ import errno
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from oomtrace import log
@@ -89,6 +90,39 @@ class SinkSet:
         # Replaced whole, never mutated: the metrics thread reads it.
         self._sinks = sinks
         self._log = log.get()
+        # Events every current sink has out of its queue (written or dropped),
+        # counted in emit order, for on_out (see watch_out).
+        self._out_lock = threading.Lock()
+        self._emitted = 0
+        self._out_reported = 0
+        self._out_base: dict[int, int] = {}
+        self._on_out: Callable[[int], None] | None = None
+
+    def watch_out(self, on_out: Callable[[int], None]) -> None:
+        """Calls ``on_out(n)`` (from a writer thread) each time the next ``n``
+        events emitted are out of every sink's queue."""
+        with self._out_lock:
+            self._on_out = on_out
+            for sink in self._sinks.values():
+                self._track(sink)
+
+    def _track(self, sink: QueuedSink) -> None:
+        # A sink added later never had the events emitted before it.
+        self._out_base[id(sink)] = self._emitted - sink.out_count
+        sink.on_out = self._sink_out
+
+    def _sink_out(self) -> None:
+        with self._out_lock:
+            if self._on_out is None:
+                return
+            done = min(
+                (self._out_base.get(id(s), 0) + s.out_count for s in self._sinks.values()),
+                default=self._emitted,
+            )
+            done = min(done, self._emitted)
+            if done > self._out_reported:
+                n, self._out_reported = done - self._out_reported, done
+                self._on_out(n)
 
     @classmethod
     def open(cls, settings: Settings) -> SinkSet:
@@ -106,8 +140,12 @@ class SinkSet:
         return [spec.name for spec in self._sinks]
 
     def emit(self, event: Event) -> None:
+        with self._out_lock:
+            self._emitted += 1
         for sink in self._sinks.values():
             sink.emit(event)
+        if not self._sinks:
+            self._sink_out()
 
     def reopen(self) -> None:
         for sink in self._sinks.values():
@@ -128,7 +166,12 @@ class SinkSet:
         kept = {spec: self._sinks.get(spec) or added[spec] for spec in wanted}
         for sink in kept.values():
             sink.configure(capacity=settings.sink_queue_size, overflow=settings.sink_overflow)
-        self._sinks = kept
+        with self._out_lock:
+            if self._on_out is not None:
+                for sink in added.values():
+                    self._track(sink)
+            self._sinks = kept
+        self._sink_out()
         if removed:
             threading.Thread(
                 target=self._retire, args=(removed,), name="sink-retire", daemon=True

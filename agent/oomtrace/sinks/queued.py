@@ -115,6 +115,11 @@ class QueuedSink:
         self._down_since: float | None = None
         self._last_complaint = float("-inf")
         self._healthy = True  # a write succeeded since the last complaint
+        # Events that left the queue for good (written, or dropped), and who to
+        # tell: a restarted agent must not report again what was written out,
+        # nor skip what was not (kernel/pins.py).
+        self.out_count = 0
+        self.on_out: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name=f"sink {self.name}", daemon=True)
         self._thread.start()
 
@@ -318,6 +323,7 @@ class QueuedSink:
         self._written = end
         self._healthy = True
         self._backoff.reset()
+        self._out(len(batch))
         self._confirm()
 
     def _confirm(self) -> None:
@@ -347,6 +353,12 @@ class QueuedSink:
     def _count_drop(self, kind: str) -> None:
         self._new_drops[kind] += 1
         self._totals["dropped"] += 1
+        self._out(1)
+
+    def _out(self, n: int) -> None:
+        self.out_count += n
+        if self.on_out is not None:
+            self.on_out()
 
     def _set_connected(self, value: bool) -> None:
         with self._cond:
