@@ -253,10 +253,15 @@ class Agent:
         next_stats = time.monotonic() + self.settings.stats_interval
         while not self.stop_event.is_set():
             idle = self.correlator.idle() and not self.stops.holding()
-            self._process_queue(timeout=IDLE_TICK_S if idle else TICK_S, budget_s=BATCH_S)
-            self._emit_kills(self.correlator.tick(time.monotonic_ns()))
-            if self.stops.holding():
-                self._emit_ready(self.stops.tick(time.monotonic_ns(), self._busy_pods()))
+            drained = self._process_queue(timeout=IDLE_TICK_S if idle else TICK_S, budget_s=BATCH_S)
+            # Deadlines are judged only once what is queued has been read: a
+            # record still in the queue may be the one a waiting kill waits for
+            # (the next member of an OOM run, an exit), and the clock has moved
+            # on while the backlog was worked through.
+            if drained:
+                self._emit_kills(self.correlator.tick(time.monotonic_ns()))
+                if self.stops.holding():
+                    self._emit_ready(self.stops.tick(time.monotonic_ns(), self._busy_pods()))
             now = time.monotonic()
             if now >= next_lost:
                 self._check_lost()
@@ -308,25 +313,26 @@ class Agent:
 
     # -- pipeline --------------------------------------------------------------
 
-    def _process_queue(self, timeout: float, budget_s: float | None = None) -> None:
+    def _process_queue(self, timeout: float, budget_s: float | None = None) -> bool:
         """Processes what is queued; with ``budget_s``, for at most that long, so
         that the loop's periodic work (the watchdog's keepalive among it) goes on
-        while a resumed agent works through a backlog of thousands of records."""
+        while a resumed agent works through a backlog of thousands of records.
+        False when it stopped with records still queued."""
         try:
             raw = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
         except queue.Empty:
-            return
+            return True
         until = None if budget_s is None else time.monotonic() + budget_s
         done = 0
         while True:
             self._process(raw)
             done += 1
             if until is not None and done % 64 == 0 and time.monotonic() >= until:
-                return
+                return False
             try:
                 raw = self._queue.get_nowait()
             except queue.Empty:
-                return
+                return True
 
     def _start_reading(self) -> None:
         if self.resume is not None and self.resume.previous is not None:
