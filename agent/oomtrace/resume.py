@@ -32,7 +32,7 @@ KillKey = tuple[int, int]  # (ktime_ns, victim_tid): what the `reported` map is 
 
 class PinnedSide(Protocol):
     def commit(self, position: int, lost_reported: dict[int, int]) -> None: ...
-    def mark_reported(self, ktime_ns: int, tid: int) -> None: ...
+    def mark_reported(self, kills: list[KillKey]) -> None: ...
 
 
 class ResumePoint:
@@ -65,17 +65,15 @@ class ResumePoint:
             with self._lock:
                 self._undelivered.append(kill)
         elif kill is not None:
-            self._kernel.mark_reported(*kill)
+            self._kernel.mark_reported([kill])
 
     def _on_out(self, n: int) -> None:
         """A sink writer's word that the next ``n`` events are out of every sink:
         their kills are marked reported at once, so that a crash after this
         reports none of them twice (and one before it, none of them never)."""
         with self._lock:
-            for _ in range(min(n, len(self._undelivered))):
-                key = self._undelivered.popleft()
-                if key is not None:
-                    self._kernel.mark_reported(*key)
+            out = [self._undelivered.popleft() for _ in range(min(n, len(self._undelivered)))]
+            self._kernel.mark_reported([key for key in out if key is not None])
 
     def _oldest_undelivered(self) -> int | None:
         with self._lock:

@@ -18,8 +18,8 @@ class Kernel:
     def commit(self, position: int, lost_reported: dict[int, int]) -> None:
         self.commits.append(position)
 
-    def mark_reported(self, ktime_ns: int, tid: int) -> None:
-        self.reported.append((ktime_ns, tid))
+    def mark_reported(self, kills: list[tuple[int, int]]) -> None:
+        self.reported.extend(kills)
 
 
 class WatchedSink:

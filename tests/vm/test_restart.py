@@ -43,8 +43,11 @@ RATE = float(os.environ.get("OOMTRACE_TEST_RESTART_RATE", "1000"))
 DROPIN_TEXT = "[Service]\nWatchdogSec=5s\nTimeoutAbortSec=5s\n"
 CONFIG_EXTRA = "ring_buffer_pages = 8192\n"
 # As on the host (tests/kernel/test_restart.py): a kill a sink wrote in the
-# moments before a SIGKILL, not yet noted as reported, comes again.
-SIGKILL_DUPLICATES_MAX = 3
+# moments before a SIGKILL, not yet noted as reported, comes again. Under
+# emulation those moments hold more kills: a resumed agent writes its backlog
+# in bursts. Without the `reported` map every kill read again would come twice,
+# the backlog's thousands of records.
+SIGKILL_DUPLICATES_SHARE = 0.01
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
@@ -200,7 +203,7 @@ def test_storm_across_restart_kill_and_watchdog() -> None:
     )
     assert not lost
     assert set(per_victim) == made
-    assert len(twice) <= SIGKILL_DUPLICATES_MAX, twice
+    assert len(twice) <= SIGKILL_DUPLICATES_SHARE * len(made), twice
     assert [r["resumed"] for r in readies] == [False, True, True, True]
     assert recovered > 0
     # The kill -9 and the watchdog's abort were restarts of systemd's own.

@@ -39,6 +39,10 @@ from oomtrace.kernel.syscalls import NR_BPF, bpf_call
 BPF_MAP_LOOKUP_ELEM: Final = 1
 BPF_MAP_UPDATE_ELEM: Final = 2
 BPF_OBJ_GET_INFO_BY_FD: Final = 15
+BPF_MAP_UPDATE_BATCH: Final = 26
+# The kernel's own "operation not supported" (include/linux/errno.h), which
+# reaches user space as is: not in Python's errno.
+ENOTSUPP: Final = 524
 
 # The ring buffer's record header: u32 length with these two flags, u32 page offset.
 RINGBUF_BUSY: Final = 1 << 31
@@ -376,6 +380,20 @@ def _close_all(fds: list[int]) -> None:
         os.close(fd)
 
 
+class _BatchAttr(ctypes.Structure):
+    # union bpf_attr, BPF_MAP_*_BATCH (v5.6)
+    _fields_ = (
+        ("in_batch", ctypes.c_uint64),
+        ("out_batch", ctypes.c_uint64),
+        ("keys", ctypes.c_uint64),
+        ("values", ctypes.c_uint64),
+        ("count", ctypes.c_uint32),
+        ("map_fd", ctypes.c_uint32),
+        ("elem_flags", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    )
+
+
 class _ElemAttr(ctypes.Structure):
     # union bpf_attr, BPF_MAP_*_ELEM
     _fields_ = (
@@ -634,6 +652,7 @@ class Handed:
         resume, reported = fds.get("map:resume"), fds.get("map:reported")
         self._resume = BpfMap(resume) if resume is not None else None
         self._reported = reported
+        self._batch_marks = True
 
     @property
     def ring(self) -> RingBuffer:
@@ -648,14 +667,36 @@ class Handed:
         if self._resume is not None:
             self._resume.update(0, bytes(value))
 
-    def mark_reported(self, ktime_ns: int, tid: int) -> None:
-        if self._reported is not None:
-            key = records.RawReportedKey(ktime_ns=ktime_ns, victim_tid=tid)
-            one = ctypes.c_uint8(1)
+    def mark_reported(self, kills: list[tuple[int, int]]) -> None:
+        """Marks kills (ktime_ns, victim tid) written out. One BPF_MAP_UPDATE_BATCH
+        for them all: the time between a sink's write and this mark is when a
+        SIGKILL of the agent makes the next one report them again, so it is kept
+        to one system call. Kernels before v5.6 lack the command: one call each."""
+        if self._reported is None or not kills:
+            return
+        keys = (records.RawReportedKey * len(kills))(
+            *(records.RawReportedKey(ktime_ns=t, victim_tid=tid) for t, tid in kills)
+        )
+        ones = (ctypes.c_uint8 * len(kills))(*([1] * len(kills)))
+        if self._batch_marks:
+            attr = _BatchAttr(
+                keys=ctypes.addressof(keys),
+                values=ctypes.addressof(ones),
+                count=len(kills),
+                map_fd=self._reported,
+            )
+            try:
+                _bpf(BPF_MAP_UPDATE_BATCH, attr)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP):
+                    raise
+                self._batch_marks = False
+        for key in keys:
             _bpf(
                 BPF_MAP_UPDATE_ELEM,
                 _ElemAttr(
-                    map_fd=self._reported, key=ctypes.addressof(key), value=ctypes.addressof(one)
+                    map_fd=self._reported, key=ctypes.addressof(key), value=ctypes.addressof(ones)
                 ),
             )
 

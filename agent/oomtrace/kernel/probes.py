@@ -511,9 +511,9 @@ class Probes:
                 value.lost_reported[kind] = count
         self.backend.write_resume(value)
 
-    def mark_reported(self, ktime_ns: int, tid: int) -> None:
+    def mark_reported(self, kills: list[tuple[int, int]]) -> None:
         if self.pinned and isinstance(self.backend, loader.Handed):
-            self.backend.mark_reported(ktime_ns, tid)
+            self.backend.mark_reported(kills)
 
     def was_reported(self, ktime_ns: int, tid: int) -> bool:
         """Whether a previous agent already wrote this kill out."""
