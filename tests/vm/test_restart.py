@@ -45,8 +45,8 @@ CONFIG_EXTRA = "ring_buffer_pages = 8192\n"
 # As on the host (tests/kernel/test_restart.py): a kill a sink wrote in the
 # moments before a SIGKILL, not yet noted as reported, comes again. Under
 # emulation those moments hold more kills: a resumed agent writes its backlog
-# in bursts. Without the `reported` map every kill read again would come twice,
-# the backlog's thousands of records.
+# in bursts. Without the `reported` map every kill the previous agent wrote out
+# after its last commit would come again, at every restart.
 SIGKILL_DUPLICATES_SHARE = 0.01
 
 
