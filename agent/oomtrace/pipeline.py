@@ -158,7 +158,7 @@ class Agent:
         self.decoder = RecordDecoder()
         self.counters = Counters()
         self.stop_event = threading.Event()
-        self._queue: queue.Queue[tuple[bytes, int] | ProcExit] = queue.Queue(
+        self._queue: queue.Queue[bytes | tuple[bytes, int] | ProcExit] = queue.Queue(
             maxsize=settings.queue_size
         )
         self.exits = ExitWatcher(self._enqueue)
@@ -190,14 +190,15 @@ class Agent:
 
     # -- threads ---------------------------------------------------------------
 
-    def _enqueue(self, raw: ProcExit) -> None:
+    def _enqueue(self, raw: bytes | ProcExit) -> None:
         try:
             self._queue.put_nowait(raw)
         except queue.Full:
             self.counters.queue_dropped += 1
 
     def _enqueue_record(self, raw: bytes) -> None:
-        """The ring buffer reader's callback: the record and where it ends."""
+        """The ring buffer reader's callback when the kernel side is pinned: the
+        record and where it ends, for the resume point."""
         try:
             self._queue.put_nowait((raw, self.probes.record_end()))
         except queue.Full:
@@ -340,7 +341,8 @@ class Agent:
             # comes first, before the reader starts on the new ring buffer.
             drained = self.probes.drain_previous(self._process_previous)
             self.log.info("previous_ring_buffer_read", records=drained)
-        self.probes.open(self._enqueue_record)
+        # Unpinned, a record's end in the ring is of no use: the plain record.
+        self.probes.open(self._enqueue_record if self.pinned else self._enqueue)
         if self.pinned:
             peak = self.probes.ring_peak()
             start = self.resume.commit if self.resume and self.resume.commit else 0

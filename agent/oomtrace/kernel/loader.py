@@ -128,6 +128,8 @@ class Compiled:
                     + (f"\n{detail}" if detail else "")
                 ) from exc
             self.compiler_output = _rewound(compiler_output)
+        # BPF links by hook, once relink() made them (pinnable attachments).
+        self.links: dict[str, int] = {}
         self.kprobe_error: str | None = None
         if kprobe_symbol is not None:
             try:
@@ -146,7 +148,6 @@ class Compiled:
         is returned with the reason; it ends with the agent."""
         from oomtrace.kernel import links
 
-        self.links: dict[str, int] = {}
         unlinked: dict[str, str] = {}
         if tracefs is not None:
             for tp in list(self.bpf.tracepoint_fds):
@@ -203,7 +204,7 @@ class Compiled:
                 raise
             names.append(f"map:{name}")
             fds.append(fd)
-        linked = getattr(self, "links", {})
+        linked = self.links
         for hook, fd in linked.items():
             names.append(f"link:{hook}")
             fds.append(fd)

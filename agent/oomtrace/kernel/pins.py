@@ -39,11 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from oomtrace.host import mountinfo
 from oomtrace.kernel import links
 from oomtrace.kernel.records import LAYOUT_VERSION
 
 DEFAULT_ROOT: Final = Path("/sys/fs/bpf/oomtrace")
-BPF_FS_MAGIC: Final = 0xCAFE4A11
+MOUNTINFO: Final = Path("/proc/self/mountinfo")
 MAP_PREFIX: Final = "map-"
 LINK_PREFIX: Final = "link-"
 STAGING_PREFIX: Final = "staging-"
@@ -69,29 +70,18 @@ class PinSet:
 def bpffs_problem(root: Path) -> str | None:
     """Why ``root`` cannot hold pins, or None. bpffs is normally mounted at
     /sys/fs/bpf (systemd does it at boot; a container needs it mounted in)."""
-    mount = root
-    while not mount.exists() and mount != mount.parent:
-        mount = mount.parent
     try:
-        magic = _fs_magic(mount)
+        text = MOUNTINFO.read_text()
     except OSError as exc:
-        return f"{mount}: {exc.strerror}"
-    if magic != BPF_FS_MAGIC:
+        return f"{MOUNTINFO}: {exc.strerror}"
+    # The mount that holds ``root``: the deepest one above it, the last of
+    # those on one point (a later mount hides an earlier one).
+    path = root.resolve()
+    above = [m for m in mountinfo.parse(text) if m.mount == path or m.mount in path.parents]
+    holder = max(reversed(above), key=lambda m: len(m.mount.parts), default=None)
+    if holder is None or holder.fstype != "bpf":
         return f"no bpffs mounted at {root.parent} (mount -t bpf bpf {root.parent})"
     return None
-
-
-def _fs_magic(path: Path) -> int:
-    """statfs(2)'s f_type, which os.statvfs does not give."""
-    import ctypes
-
-    buf = ctypes.create_string_buffer(256)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.statfs(os.fsencode(path), buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    # struct statfs starts with f_type, a long (__fsword_t) on Linux.
-    return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_long)], "little") & 0xFFFFFFFF
 
 
 def digest(text: str, kprobe_symbol: str | None) -> str:
@@ -187,11 +177,9 @@ def remove(pins: PinSet) -> None:
 
 
 def remove_all(root: Path) -> int:
-    """Removes every pin set under ``root`` (any version); how many there were."""
-    sets = find(root)
-    for pins in sets:
-        remove(pins)
-    # Staging directories of an agent that died while pinning.
+    """Removes every pin set under ``root`` (any version, and the staging
+    directories of an agent that died while pinning); how many sets there were."""
+    count = len(find(root))
     with contextlib.suppress(OSError):
         for version in os.listdir(root):
             for name in os.listdir(root / version):
@@ -200,7 +188,7 @@ def remove_all(root: Path) -> int:
                 (root / version).rmdir()
     with contextlib.suppress(OSError):
         root.rmdir()
-    return len(sets)
+    return count
 
 
 def _remove_dir(path: Path) -> None:
